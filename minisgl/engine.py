@@ -1,0 +1,171 @@
+# ================================================================================
+# 🚂 离线引擎（Engine）：在 Python 里直接调用 minisgl
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   minisgl 的离线 Python API。默认在同一个进程里把分词、调度器（含模型）、增量反分词
+#   串起来：generate() 提交请求，然后一步步调用 Scheduler.step() 直到这些请求结束。
+#   The offline Python API. By default tokenizer, scheduler (with the model) and incremental
+#   detokenizer run in this process: generate() submits requests and steps the scheduler until
+#   they finish.
+#
+# 【生活比喻】Metaphor
+#   自助厨房：不用叫服务员（HTTP 服务器），自己把单子递进厨房，站在窗口等菜。
+#   A self-service kitchen: no waiter (HTTP server); hand the order in and wait at the window.
+#
+# 【核心架构】Architecture
+#   Engine
+#    ├─ tokenizer                  normalize_requests()：文字 → token ids，参数校验
+#    ├─ scheduler: Scheduler       step()：prefill / decode / retract
+#    └─ IncrementalDetokenizer ×N  token ids → 文字（含 stop 字符串裁剪）
+#
+# 【工作流程】Workflow
+#   1. generate(prompt | [prompts] | input_ids=…, sampling_params=…, stream=False)
+#   2. 每个请求 add_request() 进入等待队列。
+#   3. while 还有未结束的请求：scheduler.step() → 每个新 token 交给它的反分词器。
+#   4. 非流式：返回 {"text", "output_ids", "meta_info"}（批量时返回 list）；
+#      流式：返回迭代器，每次产出增量 {"text": 新增文字, "output_ids": 新增 ids, "meta_info", "index"}。
+#
+# 【关键概念】Key Concepts
+#   - meta_info：id、finish_reason、prompt_tokens、completion_tokens、cached_tokens（DESIGN.md §3）。
+#   - 中途放弃流式迭代器（break）会 abort 剩余请求并释放 KV，不会泄漏。
+#     Abandoning a stream aborts its requests and frees their KV.
+#
+# 【使用方式】Usage
+#   >>> import minisgl
+#   >>> with minisgl.Engine() as engine:                       # 自带小模型 / the bundled tiny model
+#   ...     out = engine.generate("床前明月光", {"max_new_tokens": 16, "temperature": 0})
+#   ...     print(out["text"], out["meta_info"])
+#
+# 【对应章节】Chapter: docs/zh/02-architecture.md
+# ================================================================================
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from minisgl.detokenizer import IncrementalDetokenizer
+from minisgl.io_struct import BatchTokenIDOut, GenerateReqInput
+from minisgl.server_args import ServerArgs
+from minisgl.tokenizer_manager import normalize_requests
+
+
+class _ReqState:
+    """一个请求在引擎侧的状态。The engine-side state of one request."""
+
+    def __init__(self, rid: str, detok: IncrementalDetokenizer):
+        self.rid = rid
+        self.detok = detok
+        self.output_ids: List[int] = []
+        self.meta: Dict[str, Any] = {"id": rid, "finish_reason": None}
+        self.finished = False
+        self.created = time.perf_counter()
+
+    def update(self, out: BatchTokenIDOut, i: int) -> Dict[str, Any]:
+        """吸收调度器的一条输出，返回增量。Absorb one scheduler output; return the delta."""
+        new_ids = out.output_ids[i]
+        self.output_ids.extend(new_ids)
+        self.detok.append(new_ids)
+        reason = out.finished_reasons[i]
+        if reason is not None:
+            self.finished = True
+            self.detok.flush()
+        matched = reason.get("matched") if reason and isinstance(reason.get("matched"), str) else None
+        delta = self.detok.take(self.finished, matched)
+        self.meta.update(
+            finish_reason=reason,
+            prompt_tokens=out.prompt_tokens[i],
+            completion_tokens=out.completion_tokens[i],
+            cached_tokens=out.cached_tokens[i],
+            e2e_latency=time.perf_counter() - self.created,
+        )
+        return {"text": delta, "output_ids": list(new_ids), "meta_info": dict(self.meta)}
+
+    def result(self) -> Dict[str, Any]:
+        return {"text": self.detok.text[: self.detok.sent], "output_ids": list(self.output_ids),
+                "meta_info": dict(self.meta)}
+
+
+class Engine:
+    """minisgl 的离线入口（见文件头）。The offline entry point; see the file header."""
+
+    def __init__(self, model_path: Optional[str] = None, **server_args):
+        from minisgl.scheduler.scheduler import Scheduler
+        from minisgl.utils import load_tokenizer
+
+        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **server_args).resolve()
+        self.tokenizer = load_tokenizer(self.server_args.tokenizer_path)
+        self.scheduler = Scheduler(self.server_args, tokenizer=self.tokenizer)
+        self.model_config = self.scheduler.model_config
+
+    # ======== 生成 / Generation ========
+    def generate(
+        self,
+        prompt: Optional[Union[str, List[str]]] = None,
+        sampling_params: Optional[Union[dict, List[dict], Any]] = None,
+        input_ids: Optional[Union[List[int], List[List[int]]]] = None,
+        stream: bool = False,
+        rid: Optional[Union[str, List[str]]] = None,
+    ):
+        """生成文字（见文件头的工作流程）。Generate text; see the workflow in the file header."""
+        obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params, stream=stream, rid=rid)
+        is_batch, reqs, _ = normalize_requests(self.tokenizer, obj, self.model_config.vocab_size,
+                                               self.model_config.context_len)
+        states: Dict[str, _ReqState] = {}
+        for r in reqs:
+            if r.rid in states:
+                raise ValueError(f"duplicate request id {r.rid!r}")
+            states[r.rid] = _ReqState(r.rid, IncrementalDetokenizer(
+                self.tokenizer, r.input_ids, r.sampling_params.skip_special_tokens, r.sampling_params.stop_strs))
+        for r in reqs:
+            self.scheduler.add_request(r)
+        order = [r.rid for r in reqs]
+        if stream:
+            return self._stream(states, order)
+        for _ in self._run(states, order):
+            pass
+        results = [states[rid].result() for rid in order]
+        return results if is_batch else results[0]
+
+    def _run(self, states: Dict[str, _ReqState], order: List[str]) -> Iterator[Dict[str, Any]]:
+        index = {rid: i for i, rid in enumerate(order)}
+        try:
+            while not all(s.finished for s in states.values()):
+                step = self.scheduler.step()
+                out = step.out
+                for i, rid in enumerate(out.rids):
+                    if rid in states:
+                        delta = states[rid].update(out, i)
+                        delta["index"] = index[rid]
+                        yield delta
+                if step.forward_mode is None and not len(out) and not self.scheduler.has_work():
+                    raise RuntimeError("the scheduler went idle with unfinished requests (a bug)")
+        finally:
+            # 调用者中途放弃：中止剩下的请求并清理。The caller gave up: abort the rest and clean up.
+            unfinished = [rid for rid, s in states.items() if not s.finished]
+            for rid in unfinished:
+                self.scheduler.abort_request(rid)
+            while unfinished and self.scheduler.has_work():
+                self.scheduler.step()
+
+    def _stream(self, states, order) -> Iterator[Dict[str, Any]]:
+        for delta in self._run(states, order):
+            if delta["text"] or delta["output_ids"] or delta["meta_info"]["finish_reason"]:
+                yield delta
+
+    # ======== 管理 / Maintenance ========
+    def flush_cache(self) -> bool:
+        return self.scheduler.flush_cache()
+
+    def get_server_info(self) -> Dict[str, Any]:
+        return {**self.scheduler.get_stats(), "model_path": self.server_args.model_path}
+
+    def shutdown(self) -> None:
+        """释放模型与 KV 池。Release the model and the KV pool."""
+        self.scheduler = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

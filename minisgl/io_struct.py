@@ -1,0 +1,119 @@
+# ================================================================================
+# ✉️ 进程之间传递的消息（io_struct）
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   请求从 HTTP 进来、被分词、送进调度器、产出 token、再变回文字——每一段路上传递的
+#   数据结构都定义在这里（名字与 SGLang 的 io_struct.py 相同）。都是可 pickle 的 dataclass。
+#   Every message on the request path — HTTP input, tokenized request, token ids out, text out,
+#   abort, flush — as plain picklable dataclasses named as in SGLang's io_struct.py.
+#
+# 【生活比喻】Metaphor
+#   快递单：同一个包裹（请求 rid）在每个中转站换一张单子，但单号不变。
+#   Shipping labels: each hub puts a new label on the parcel, the tracking number (rid) stays.
+#
+# 【核心架构】Architecture
+#   GenerateReqInput ─TokenizerManager─► TokenizedGenerateReqInput ─ZMQ─► Scheduler
+#   Scheduler ─ZMQ─► BatchTokenIDOut ─Detokenizer─► BatchStrOut ─ZMQ─► TokenizerManager
+#   AbortReq / FlushCacheReq：控制消息 / control messages
+#
+# 【工作流程】Workflow
+#   见 DESIGN.md §1 的请求路径图。See the request-path picture in DESIGN.md §1.
+#
+# 【关键概念】Key Concepts
+#   - 批量消息（Batch*Out）一次带多个请求的结果：每个调度步只发一条，减少进程间开销。
+#     One Batch*Out per scheduler step carries every request's progress: fewer IPC messages.
+#   - finished_reason 是 dict：{"type": "stop", "matched": …} / {"type": "length", "length": N} /
+#     {"type": "abort", "message": …}（DESIGN.md §3）。
+#
+# 【使用方式】Usage
+#   >>> GenerateReqInput(text="床前明月光", sampling_params={"max_new_tokens": 16})
+#
+# 【对应章节】Chapter: docs/zh/02-architecture.md
+# ================================================================================
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+from minisgl.sampling.sampling_params import SamplingParams
+
+
+def new_rid() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class GenerateReqInput:
+    """用户的一次生成请求（文本或 token ids，可以是一批）。One user generate call (text or ids, maybe a batch)."""
+
+    text: Optional[Union[str, List[str]]] = None
+    input_ids: Optional[Union[List[int], List[List[int]]]] = None
+    sampling_params: Optional[Union[dict, List[dict]]] = None
+    stream: bool = False
+    rid: Optional[Union[str, List[str]]] = None
+
+
+@dataclass
+class TokenizedGenerateReqInput:
+    """分词后的单个请求，送往调度器。One tokenized request, on its way to the scheduler."""
+
+    rid: str
+    input_text: Optional[str]
+    input_ids: List[int]
+    sampling_params: SamplingParams
+    stream: bool = False
+
+
+@dataclass
+class BatchTokenIDOut:
+    """调度器一步的产出：每个有进展的请求的新 token。One scheduler step's new tokens per request."""
+
+    rids: List[str] = field(default_factory=list)
+    output_ids: List[List[int]] = field(default_factory=list)  # 本步新增 / new this step
+    finished_reasons: List[Optional[Dict[str, Any]]] = field(default_factory=list)
+    prompt_tokens: List[int] = field(default_factory=list)
+    completion_tokens: List[int] = field(default_factory=list)
+    cached_tokens: List[int] = field(default_factory=list)
+    skip_special_tokens: List[bool] = field(default_factory=list)
+    stop_strs: List[List[str]] = field(default_factory=list)
+
+    def add(self, req, new_ids: List[int]) -> None:
+        self.rids.append(req.rid)
+        self.output_ids.append(new_ids)
+        self.finished_reasons.append(req.finished_reason.to_json() if req.finished_reason else None)
+        self.prompt_tokens.append(len(req.origin_input_ids))
+        self.completion_tokens.append(len(req.output_ids))
+        self.cached_tokens.append(req.cached_tokens or 0)
+        self.skip_special_tokens.append(req.sampling_params.skip_special_tokens)
+        self.stop_strs.append(req.sampling_params.stop_strs)
+
+    def __len__(self) -> int:
+        return len(self.rids)
+
+
+@dataclass
+class BatchStrOut:
+    """反分词之后：每个请求新增的文字。After detokenization: new text per request."""
+
+    rids: List[str] = field(default_factory=list)
+    texts: List[str] = field(default_factory=list)  # 本步新增文字 / new text this step
+    output_ids: List[List[int]] = field(default_factory=list)
+    meta_info: List[Dict[str, Any]] = field(default_factory=list)
+    finished: List[bool] = field(default_factory=list)
+
+
+@dataclass
+class AbortReq:
+    rid: str
+
+
+@dataclass
+class FlushCacheReq:
+    pass
+
+
+@dataclass
+class GetInfoReq:
+    """向调度器询问内存/队列状态（/get_server_info、/metrics 用）。Ask the scheduler for its state."""

@@ -1,0 +1,134 @@
+# ================================================================================
+# 🦙 Llama 结构的解码器（也是 Qwen2 / Qwen3 的基类）
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   用 PyTorch 手写的 Llama 解码器：词嵌入 → N 个解码层（注意力 + MLP）→ 最终 RMSNorm → LM head。
+#   参数名与 Hugging Face 完全相同，所以 safetensors 里的权重可以按名字直接装进来。
+#   Qwen2（q/k/v 带 bias）和 Qwen3（q/k 各加一个 RMSNorm）只是它的两个小变体。
+#   A hand-written Llama decoder whose parameter names equal Hugging Face's, so checkpoint
+#   tensors load by name. Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm) are two small variants.
+#
+# 【生活比喻】Metaphor
+#   流水线工厂：每个 token 沿着一排相同的工位（解码层）前进，每个工位先“开会”（注意力：
+#   看看前面的 token 说了什么），再“独立加工”（MLP）。
+#   An assembly line: each token passes identical stations; at each it first meets the earlier
+#   tokens (attention), then works alone (MLP).
+#
+# 【核心架构】Architecture
+#   LlamaForCausalLM
+#    ├─ model: LlamaModel
+#    │   ├─ embed_tokens            [V, hidden]
+#    │   ├─ layers[i]: LlamaDecoderLayer
+#    │   │    ├─ input_layernorm → self_attn (q/k/v/o_proj, [q_norm,k_norm], RoPE, attn_backend)
+#    │   │    └─ post_attention_layernorm → mlp (gate/up/down_proj)
+#    │   └─ norm
+#    └─ lm_head                      [V, hidden]（tie_word_embeddings 时与 embed_tokens 共享）
+#
+# 【工作流程】Workflow
+#   1. forward(input_ids [N], positions [N], forward_batch) —— N 是整个 batch 拼起来的 token 数，
+#      没有 padding（ragged batch）。All requests' tokens concatenated: no padding.
+#   2. 注意力把新 K/V 写进 KV 池，再读出整段历史（见 runner/attention/）。
+#   3. 返回 hidden states [N, hidden]；只有需要的行才过 LM head（ModelRunner 负责挑选）。
+#
+# 【关键概念】Key Concepts
+#   - 残差：h = h + attn(norm(h))；h = h + mlp(norm(h))。
+#   - Qwen3 的 q_norm/k_norm 作用在每个头的 head_dim 上，在 RoPE 之前。
+#   - 每层参数量 ≈ hidden·(H+2Hkv)·D + H·D·hidden + 3·hidden·inter。
+#
+# 【使用方式】Usage
+#   >>> model = LlamaForCausalLM(model_config)             # 结构；权重由 loader 装入
+#   >>> hidden = model(input_ids, positions, forward_batch) # [N, hidden]
+#
+# 【对应章节】Chapter: docs/zh/07-model-inference.md
+# ================================================================================
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minisgl.model.config import ModelConfig
+from minisgl.model.layers import MLP, RMSNorm, RotaryEmbedding
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, rotary: RotaryEmbedding, qk_norm: bool):
+        super().__init__()
+        H, Hkv, D, hidden = config.num_heads, config.num_kv_heads, config.head_dim, config.hidden_size
+        self.layer_id, self.num_heads, self.num_kv_heads, self.head_dim = layer_id, H, Hkv, D
+        self.scaling = D**-0.5
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(hidden, H * D, bias=bias)
+        self.k_proj = nn.Linear(hidden, Hkv * D, bias=bias)
+        self.v_proj = nn.Linear(hidden, Hkv * D, bias=bias)
+        self.o_proj = nn.Linear(H * D, hidden, bias=False)
+        self.qk_norm = qk_norm
+        if qk_norm:  # Qwen3
+            self.q_norm = RMSNorm(D, config.rms_norm_eps)
+            self.k_norm = RMSNorm(D, config.rms_norm_eps)
+        self.rotary = rotary  # 所有层共用一张 cos/sin 表 / one table shared by every layer
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, forward_batch) -> torch.Tensor:
+        N = x.shape[0]
+        q = self.q_proj(x).view(N, self.num_heads, self.head_dim)  # [N, H, D]
+        k = self.k_proj(x).view(N, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        v = self.v_proj(x).view(N, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        # 后端负责：把 k/v 写进 KV 池，再让 q 看到整段历史。The backend stores k/v, then attends.
+        o = forward_batch.attn_backend.forward(q, k, v, self.layer_id, self.scaling, forward_batch)  # [N, H, D]
+        return self.o_proj(o.reshape(N, self.num_heads * self.head_dim))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, rotary: RotaryEmbedding, qk_norm: bool):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_id, rotary, qk_norm)
+        mlp_bias = bool(getattr(config.hf_config, "mlp_bias", False))
+        self.mlp = MLP(config.hidden_size, config.intermediate_size, bias=mlp_bias)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, h: torch.Tensor, forward_batch) -> torch.Tensor:
+        h = h + self.self_attn(positions, self.input_layernorm(h), forward_batch)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, qk_norm: bool):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        rotary = RotaryEmbedding(config.head_dim, config.context_len, config.rope_theta, config.rope_scaling)
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(config, i, rotary, qk_norm) for i in range(config.num_layers)]
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)  # [N, hidden]
+        for layer in self.layers:
+            h = layer(positions, h, forward_batch)
+        return self.norm(h)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama 3.x（及其变体的基类）。Llama 3.x, and the base of the Qwen variants."""
+
+    qk_norm = False
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, qk_norm=self.qk_norm)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch) -> torch.Tensor:
+        """返回最后一层的 hidden states [N, hidden]。Returns the final hidden states [N, hidden]."""
+        return self.model(input_ids, positions, forward_batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [n, hidden] → logits [n, V] (float32)."""
+        return self.lm_head(hidden).float()

@@ -1,0 +1,81 @@
+# ================================================================================
+# 📥 权重加载（safetensors → 我们自己的 nn.Module）
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   根据 config.json 的架构名选出模型类，建好结构，再把 *.safetensors 里的张量按名字
+#   拷进去；缺文件、缺权重、形状不符都给出清楚的错误。
+#   Picks the model class from the architecture name, builds it, then copies each tensor of
+#   the *.safetensors files in by name; a missing file, a missing weight or a wrong shape is a clear error.
+#
+# 【生活比喻】Metaphor
+#   按清单搬家：每个箱子上写着房间名（参数名），搬进新家时对号入座；少一箱、多一箱都要报告。
+#   Moving house by a labelled list: each box goes to the room on its label; a missing box is reported.
+#
+# 【核心架构】Architecture
+#   MODEL_REGISTRY[arch] ──► model class ──► nn.Module（随机初始化 / placeholder values）
+#   *.safetensors ──safe_open──► (name, tensor) ──► param.copy_(tensor)
+#
+# 【工作流程】Workflow
+#   1. 找到所有 *.safetensors；没有就报错。Find the shards or fail.
+#   2. 在目标设备上建模型。Build the model on the target device.
+#   3. 逐个张量拷贝（跳过 rotary 的缓存和共享的 lm_head）。Copy tensor by tensor.
+#   4. 检查没有漏装的参数，再转成目标 dtype、eval()。Check completeness, cast, eval().
+#
+# 【关键概念】Key Concepts
+#   - tie_word_embeddings：lm_head 与 embed_tokens 是同一个张量，文件里可能只存一份。
+#   - safe_open 按需读取（mmap），大文件不必整个读进内存。safe_open reads lazily (mmap).
+#
+# 【使用方式】Usage
+#   >>> model = load_model(ModelConfig.from_pretrained(path), dtype=torch.float32, device="cpu")
+#
+# 【对应章节】Chapter: docs/zh/07-model-inference.md
+# ================================================================================
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+from torch import nn
+
+from minisgl.model.config import ModelConfig
+from minisgl.model.llama import LlamaForCausalLM
+from minisgl.model.qwen2 import Qwen2ForCausalLM
+from minisgl.model.qwen3 import Qwen3ForCausalLM
+
+MODEL_REGISTRY = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+}
+
+
+def load_model(config: ModelConfig, dtype: torch.dtype, device: str) -> nn.Module:
+    """建模型并装入权重。Build the model and load its weights (see the file header)."""
+    from safetensors import safe_open
+
+    files = sorted(glob.glob(os.path.join(config.model_path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {config.model_path!r}")
+    with torch.device(device):
+        model = MODEL_REGISTRY[config.architecture](config)
+    params = dict(model.named_parameters())
+    loaded = set()
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if "rotary_emb" in name or (name == "lm_head.weight" and config.tie_word_embeddings):
+                    continue
+                if name not in params:
+                    raise ValueError(f"unexpected weight {name!r} in {os.path.basename(path)} for {config.architecture}")
+                tensor = f.get_tensor(name)
+                if tensor.shape != params[name].shape:
+                    raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}")
+                with torch.no_grad():
+                    params[name].copy_(tensor)
+                loaded.add(name)
+    missing = sorted(set(params) - loaded - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
+    if missing:
+        raise ValueError(f"checkpoint {config.model_path!r} is missing weights: {missing[:5]}{' …' if len(missing) > 5 else ''}")
+    return model.to(dtype).eval()

@@ -1,0 +1,78 @@
+# ================================================================================
+# 📨 一次前向的输入（ForwardBatch / ForwardMode）
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   调度器把一批请求整理成 ForwardBatch：拼接好的 token、位置、每个 token 的 KV 写入槽位
+#   (out_cache_loc)、每个请求的前缀长度与新 token 数……模型和注意力后端只看它。
+#   The scheduler packs a batch into a ForwardBatch: concatenated tokens, positions, the slot each
+#   new token's KV goes to (out_cache_loc), per-request prefix and new lengths. The model and the
+#   attention backend see only this.
+#
+# 【生活比喻】Metaphor
+#   厨房的出菜单：领班（Scheduler）把几桌的菜合成一张单，厨房（ModelRunner）照单一次做完。
+#   The kitchen ticket: the host merges several tables' orders into one ticket for the kitchen.
+#
+# 【核心架构】Architecture
+#   ScheduleBatch（CPU 上的 Req 对象）──prepare_for_extend/decode──► ForwardBatch（张量）
+#                                                                 └─► ModelRunner.forward
+#
+# 【工作流程】Workflow
+#   EXTEND（prefill）：每个请求贡献 extend_seq_len 个新 token，前面 prefix_len 个已在 KV 池。
+#   DECODE：每个请求贡献 1 个 token。
+#   EXTEND: each request brings extend_seq_len new tokens after prefix_len cached ones.
+#   DECODE: each request brings one token.
+#
+# 【关键概念】Key Concepts
+#   - N = sum(extend_seq_lens)（decode 时 N = bs）；没有 padding。No padding: tokens are concatenated.
+#   - seq_lens[i] = prefix_len + extend_seq_len = 本步之后请求 i 的 KV 总长度。
+#   - 名字与 SGLang 的 forward_batch_info.py 相同（ForwardMode.EXTEND、out_cache_loc ……）。
+#
+# 【使用方式】Usage
+#   由 Scheduler 构造；学习者可以在笔记本里 print(forward_batch) 观察。
+#   Built by the Scheduler; print it in a notebook to look inside.
+#
+# 【对应章节】Chapter: docs/zh/07-model-inference.md
+# ================================================================================
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, List, Optional
+
+import torch
+
+
+class ForwardMode(IntEnum):
+    EXTEND = 1  # prefill：新 token 可能接在一段已缓存的前缀之后 / new tokens after a cached prefix
+    DECODE = 2  # 每个请求 1 个新 token / one new token per request
+
+    def is_extend(self) -> bool:
+        return self == ForwardMode.EXTEND
+
+    def is_decode(self) -> bool:
+        return self == ForwardMode.DECODE
+
+
+@dataclass
+class ForwardBatch:
+    forward_mode: ForwardMode
+    batch_size: int
+    input_ids: torch.Tensor  # [N] int64
+    positions: torch.Tensor  # [N] int64
+    out_cache_loc: torch.Tensor  # [N] int64：新 token 的 KV 写到哪 / where new K/V go
+    req_pool_indices: torch.Tensor  # [bs] int64：req_to_token 的行 / rows of req_to_token
+    seq_lens: torch.Tensor  # [bs] int64
+    seq_lens_cpu: List[int]
+    extend_prefix_lens: List[int]  # [bs]（decode 时 = seq_len-1）
+    extend_seq_lens: List[int]  # [bs]（decode 时全为 1）
+    req_to_token_pool: Any = None
+    token_to_kv_pool: Any = None
+    attn_backend: Any = None
+    # 后端自己的元数据（如 Triton 的 kv_indptr / kv_indices）。Backend-specific metadata.
+    attn_metadata: Optional[Any] = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"ForwardBatch(mode={self.forward_mode.name}, bs={self.batch_size}, "
+                f"tokens={len(self.input_ids)}, prefix_lens={self.extend_prefix_lens}, "
+                f"extend_lens={self.extend_seq_lens}, seq_lens={self.seq_lens_cpu})")

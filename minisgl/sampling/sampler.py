@@ -1,0 +1,170 @@
+# ================================================================================
+# 🎡 采样器（Sampler）：logits → 下一个 token
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   把模型输出的 logits 变成每个请求的下一个 token id：先惩罚重复，再除以温度，
+#   再按 top-k / top-p / min-p 截断，最后抽样（温度为 0 时直接取最大值）。
+#   Turns the model's logits into each request's next token: penalties → temperature →
+#   top-k / top-p / min-p truncation → draw (argmax when temperature is 0).
+#
+# 【生活比喻】Metaphor
+#   决策轮盘：每个 token 在轮盘上占一格，格子大小由 logits 决定。温度让格子更平均或更悬殊，
+#   top-k / top-p / min-p 先把太小的格子涂掉，最后转动轮盘。
+#   A roulette wheel sized by logits: temperature evens out or sharpens the slices,
+#   top-k / top-p / min-p paint out the thin ones, then the wheel spins.
+#
+# 【核心架构】Architecture
+#   Scheduler ──(logits [bs, V], reqs)──► Sampler.__call__
+#                                          ├─ SamplingBatchInfo.from_reqs   收集每行参数 / per-row knobs
+#                                          ├─ apply_penalties                重复惩罚 / penalties
+#                                          ├─ temperature → softmax → top_k/top_p/min_p 截断
+#                                          └─ 抽样 / draw（每个带 seed 的请求用自己的 Generator）
+#
+# 【工作流程】Workflow
+#   1. 检查 NaN/Inf：坏行交给调度器以 abort 结束请求。Non-finite rows → abort, not a crash.
+#   2. 惩罚 Penalties（OpenAI 语义 + HF 的 repetition 语义）。
+#   3. min_new_tokens 未到时屏蔽 EOS / stop_token_ids。Hide EOS until min_new_tokens.
+#   4. 贪心行 argmax；其余行 logits/T → softmax → 截断 → 重新归一化 → 抽样。
+#
+# 【关键概念】Key Concepts
+#   - frequency:  l_i -= f * c_i；presence: l_i -= p * 1[c_i > 0]（c_i = 已生成中 token i 的次数）
+#   - repetition (HF/CTRL): 出现过（prompt+输出）的 token，l>0 则 l/r，否则 l*r。
+#   - top-p（nucleus）：按概率降序排序，保留累计概率刚好达到 p 的最小集合（至少 1 个）。
+#   - min-p：丢弃 prob < min_p * max_prob 的 token。
+#   - 这是 CPU/GPU 通用的 torch 实现，每步 O(bs·V·log V)（排序）。
+#     Plain torch on any device; the sort costs O(bs·V·log V) per step.
+#
+# 【使用方式】Usage
+#   >>> sampler = Sampler()
+#   >>> next_ids, bad_rows = sampler(logits, reqs)   # logits: [bs, V] float32
+#
+# 【对应章节】Chapter: docs/zh/09-sampling.md
+# ================================================================================
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from minisgl.sampling.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingBatchInfo:
+    """一个 batch 的采样参数张量（每行一个请求）。Per-row sampling tensors of one batch."""
+
+    temperatures: torch.Tensor  # [bs, 1] float32
+    top_ps: torch.Tensor  # [bs] float32
+    top_ks: torch.Tensor  # [bs] int64（-1 已换成 vocab 大小 / -1 replaced by V）
+    min_ps: torch.Tensor  # [bs] float32
+    is_greedy: List[bool]
+    generators: List[Optional[torch.Generator]]
+    need_top_k: bool
+    need_top_p: bool
+    need_min_p: bool
+
+    @classmethod
+    def from_reqs(cls, reqs: Sequence, vocab_size: int, device: torch.device) -> "SamplingBatchInfo":
+        ps: List[SamplingParams] = [r.sampling_params for r in reqs]
+        top_ks = [vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in ps]
+        return cls(
+            temperatures=torch.tensor([[max(p.temperature, 1e-6)] for p in ps], dtype=torch.float32, device=device),
+            top_ps=torch.tensor([p.top_p for p in ps], dtype=torch.float32, device=device),
+            top_ks=torch.tensor(top_ks, dtype=torch.int64, device=device),
+            min_ps=torch.tensor([p.min_p for p in ps], dtype=torch.float32, device=device),
+            is_greedy=[p.is_greedy for p in ps],
+            generators=[getattr(r, "generator", None) for r in reqs],
+            need_top_k=any(k < vocab_size for k in top_ks),
+            need_top_p=any(p.top_p < 1.0 for p in ps),
+            need_min_p=any(p.min_p > 0.0 for p in ps),
+        )
+
+
+def apply_penalties(logits: torch.Tensor, reqs: Sequence) -> torch.Tensor:
+    """原地施加惩罚与 min_new_tokens 屏蔽。In-place penalties and the min_new_tokens mask.
+
+    logits: [bs, V] float32. Each req provides sampling_params, output_ids, origin_input_ids,
+    and eos_token_ids (a set of ids that end generation).
+    """
+    bs, vocab = logits.shape
+    for i, req in enumerate(reqs):
+        p: SamplingParams = req.sampling_params
+        row = logits[i]
+        if p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
+            if req.output_ids:
+                ids = torch.tensor(req.output_ids, dtype=torch.int64, device=logits.device)
+                counts = torch.zeros(vocab, dtype=torch.float32, device=logits.device)
+                counts.scatter_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
+                row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).float()
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(
+                list(req.origin_input_ids) + list(req.output_ids), dtype=torch.int64, device=logits.device
+            ).unique()
+            vals = row[seen]
+            row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if len(req.output_ids) < p.min_new_tokens:
+            banned = set(req.eos_token_ids) | set(p.stop_token_ids or [])
+            banned = [t for t in banned if 0 <= t < vocab]
+            if banned:
+                row[banned] = float("-inf")
+    return logits
+
+
+def top_k_top_p_min_p_filter(probs: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+    """把被截断的概率置 0 并重新归一化。Zero the truncated probabilities and renormalise.
+
+    probs: [bs, V] (rows sum to 1). Returns probs of the same shape.
+    """
+    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)  # [bs, V]
+    vocab = probs.shape[-1]
+    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+    if info.need_top_k:
+        ranks = torch.arange(vocab, device=probs.device).unsqueeze(0)  # [1, V]
+        keep &= ranks < info.top_ks.unsqueeze(1)
+    if info.need_top_p:
+        # 累计概率“在我之前”已经 >= p 的 token 被丢弃；第一个 token 永远保留。
+        # A token is dropped when the mass *before* it already reaches top_p; the first always stays.
+        cum_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        keep &= cum_before < info.top_ps.unsqueeze(1)
+    if info.need_min_p:
+        keep &= sorted_probs >= info.min_ps.unsqueeze(1) * sorted_probs[:, :1]
+    keep[:, 0] = True
+    sorted_probs = sorted_probs * keep
+    filtered = torch.zeros_like(probs).scatter_(1, sorted_idx, sorted_probs)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+class Sampler:
+    """logits → next token ids（见文件头）。See the file header."""
+
+    def __call__(self, logits: torch.Tensor, reqs: Sequence) -> Tuple[torch.Tensor, List[bool]]:
+        """采样下一个 token。Sample the next token of each row.
+
+        【工作流程】Workflow: NaN check → penalties → greedy/temperature → filter → draw.
+        Returns (next_token_ids [bs] int64 on CPU, bad_rows: rows whose logits were not finite).
+        """
+        logits = logits.float()
+        finite = torch.isfinite(logits).all(dim=-1)  # [bs]
+        bad_rows = (~finite).tolist()
+        if any(bad_rows):
+            # 坏行换成 0，让这一批其他请求照常进行；调度器会 abort 坏行的请求。
+            # Zero the bad rows so the rest of the batch proceeds; the scheduler aborts those requests.
+            logits = torch.where(finite.unsqueeze(1), logits, torch.zeros_like(logits))
+        logits = apply_penalties(logits, reqs)
+        info = SamplingBatchInfo.from_reqs(reqs, logits.shape[-1], logits.device)
+
+        next_ids = logits.argmax(dim=-1)  # [bs]：贪心结果 / greedy result
+        if not all(info.is_greedy):
+            probs = torch.softmax(logits / info.temperatures, dim=-1)
+            probs = top_k_top_p_min_p_filter(probs, info)
+            for i in range(len(reqs)):
+                if info.is_greedy[i]:
+                    continue
+                # 每行单独抽样：带 seed 的请求用自己的发生器，结果与同批的其他请求无关。
+                # One draw per row: a seeded request uses its own generator, so batch-mates don't matter.
+                gen = info.generators[i]
+                row = probs[i] if gen is None or gen.device == probs.device else probs[i].to(gen.device)
+                next_ids[i] = torch.multinomial(row, 1, generator=gen).to(next_ids.device)[0]
+        return next_ids.cpu(), bad_rows

@@ -1,0 +1,455 @@
+# ================================================================================
+# 🧑‍🍳 调度器（Scheduler）：连续批处理的事件循环
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   引擎的心脏。每调用一次 step() 就跑一轮：处理中止 → 选出下一批（优先 prefill，否则 decode，
+#   内存不够时 retraction）→ 前向 → 采样 → 检查结束 → 把 KV 交给前缀缓存。
+#   同一个类既被服务器的调度进程循环调用，也可以在笔记本里一步一步调用。
+#   The engine's heart. Each step(): handle aborts → pick the next batch (prefill first, else
+#   decode, retracting when memory runs out) → forward → sample → check finished → hand KV to the
+#   prefix cache. The server's scheduler process loops over it; a notebook calls it one step at a time.
+#
+# 【生活比喻】Metaphor
+#   餐厅领班：门口有排队的客人（waiting_queue），店里有正在用餐的桌（running_reqs）。
+#   每一轮，领班先看能不能再安排新客人入座（prefill），不能就让在座的每桌再上一道菜（decode）；
+#   座位不够时请最后来的一桌先回到队里等（retraction），他们点过的菜记着，回来接着上。
+#   A restaurant host: a queue at the door, tables being served. Each round the host seats new
+#   parties if possible (prefill), otherwise every table gets its next course (decode); when seats
+#   run out, the newest party goes back to the queue (retraction), their order kept.
+#
+# 【核心架构】Architecture
+#   Scheduler
+#    ├─ waiting_queue: List[Req]        ├─ tree_cache: RadixCache | ChunkCache
+#    ├─ running_reqs: List[Req]         ├─ policy: SchedulePolicy (fcfs | lpm)
+#    ├─ chunked_req: Optional[Req]      ├─ model_runner: ModelRunner（模型 + KV 池）
+#    └─ sampler: Sampler                └─ tokenizer（只用于 stop 字符串检查 / stop strings only）
+#
+#   step():
+#     _process_aborts ─► get_new_batch_prefill ──有/yes──► run EXTEND ─┐
+#                              │无/no                                   ├─► process_batch_result
+#                              └─► update_running_batch ─► run DECODE ─┘        │
+#                                   (内存不够 → retract_decode)                  ▼
+#                                                                  StepOutput(BatchTokenIDOut)
+#
+# 【工作流程】Workflow
+#   1. prefill 优先：新请求尽快拿到第一个 token（TTFT 低）。Prefill first: low time-to-first-token.
+#   2. prefill 后的请求并入 running_reqs，下一步一起 decode：这就是连续批处理（continuous batching）——
+#      batch 每一步都可以变，结束的请求立刻离开，新请求随时加入。
+#      The batch changes every step: finished requests leave at once, new ones join any time.
+#   3. decode 前检查 KV 内存；不够先驱逐缓存，仍不够就 retraction。
+#
+# 【关键概念】Key Concepts
+#   - 不丢请求：被 retraction 的请求回到队首，已生成的 token 保留，重新 prefill 后继续。
+#     Nothing is lost: a retracted request keeps its output and resumes after a re-prefill.
+#   - 不泄漏：每个结束的请求都经过 cache_finished_req；空闲时 check_pool_whole() 验证
+#     free + 缓存 == 容量，且没有节点被锁。No leaks: checked by check_pool_whole().
+#   - 名字沿用 SGLang：get_new_batch_prefill、update_running_batch、retract_decode、
+#     process_batch_result、new_token_ratio。
+#
+# 【使用方式】Usage
+#   >>> sched = Scheduler(ServerArgs().resolve())
+#   >>> sched.add_request(TokenizedGenerateReqInput("r1", None, ids, SamplingParams(max_new_tokens=8)))
+#   >>> while sched.has_work(): print(sched.step())
+#
+# 【对应章节】Chapter: docs/zh/06-scheduling.md
+# ================================================================================
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+
+from minisgl.io_struct import BatchTokenIDOut, TokenizedGenerateReqInput
+from minisgl.mem_cache.chunk_cache import ChunkCache
+from minisgl.mem_cache.radix_cache import RadixCache
+from minisgl.runner.forward_batch import ForwardBatch, ForwardMode
+from minisgl.sampling.sampler import Sampler
+from minisgl.scheduler.schedule_batch import FINISH_ABORT, Req
+from minisgl.scheduler.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
+from minisgl.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.1
+NEW_TOKEN_RATIO_DECAY = 0.001
+
+
+@dataclass
+class StepOutput:
+    """一步做了什么（给笔记本和测试看）。What one step did, for notebooks and tests."""
+
+    forward_mode: Optional[ForwardMode]
+    rids: List[str] = field(default_factory=list)
+    num_tokens: int = 0
+    out: BatchTokenIDOut = field(default_factory=BatchTokenIDOut)
+    retracted: List[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def __repr__(self) -> str:
+        mode = self.forward_mode.name if self.forward_mode else "IDLE"
+        extra = f", retracted={len(self.retracted)}" if self.retracted else ""
+        done = sum(1 for f in self.out.finished_reasons if f)
+        return f"StepOutput({mode}, bs={len(self.rids)}, tokens={self.num_tokens}, finished={done}{extra})"
+
+
+class Scheduler:
+    """连续批处理调度器（见文件头）。The continuous-batching scheduler; see the file header."""
+
+    def __init__(self, server_args: ServerArgs, model_runner=None, tokenizer=None):
+        from minisgl.runner.model_runner import ModelRunner
+        from minisgl.utils import load_tokenizer
+
+        self.server_args = args = server_args
+        self.model_runner = model_runner or ModelRunner(args)
+        self.model_config = self.model_runner.model_config
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(args.tokenizer_path)
+        self.req_to_token_pool = self.model_runner.req_to_token_pool
+        self.token_to_kv_pool_allocator = self.model_runner.token_to_kv_pool_allocator
+        self.page_size = args.page_size
+        cache_cls = ChunkCache if args.disable_radix_cache else RadixCache
+        self.tree_cache = cache_cls(self.req_to_token_pool, self.token_to_kv_pool_allocator, self.page_size)
+        self.policy = SchedulePolicy(args.schedule_policy, self.tree_cache, args.disable_radix_cache)
+        self.sampler = Sampler()
+        self.eos_token_ids = set(self.model_config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(self.tokenizer.eos_token_id)
+
+        self.waiting_queue: List[Req] = []
+        self.running_reqs: List[Req] = []
+        self.chunked_req: Optional[Req] = None
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.max_running_requests = min(args.max_running_requests, self.req_to_token_pool.size - 1)
+        self.context_len = self.model_config.context_len
+        self._pending_out = BatchTokenIDOut()  # 不经过前向就结束的请求 / requests ended without a forward
+        self.forward_ct = 0
+        self.num_retractions = 0
+
+    # ======== 请求进出 / Requests in and out ========
+    def add_request(self, recv: TokenizedGenerateReqInput) -> Req:
+        """接收一个分词后的请求。输入不合法时请求立即以 abort 结束（不会抛异常拖垮循环）。
+
+        Take one tokenized request. Invalid input finishes it at once with an abort reason,
+        never an exception that would stop the loop.
+        """
+        params = recv.sampling_params
+        req = Req(recv.rid, recv.input_ids, params, self.eos_token_ids, recv.input_text, recv.stream)
+        error = self._validate(req)
+        if error:
+            req.finished_reason = FINISH_ABORT(error)
+            self._pending_out.add(req, [])
+            return req
+        # 生成长度不能超出上下文：截短 max_new_tokens。Clip max_new_tokens to the context window.
+        params.max_new_tokens = min(params.max_new_tokens, self.context_len - len(req.origin_input_ids))
+        if params.max_new_tokens == 0:
+            req.finished_reason = self._length_reason(req)
+            self._pending_out.add(req, [])
+            return req
+        self.waiting_queue.append(req)
+        return req
+
+    def _validate(self, req: Req) -> Optional[str]:
+        ids, vocab = req.origin_input_ids, self.model_config.vocab_size
+        if len(ids) == 0:
+            return "the prompt is empty (0 tokens)"
+        if len(ids) >= self.context_len:
+            return f"the prompt has {len(ids)} tokens; the context length is {self.context_len}"
+        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
+            return f"input_ids contain a token id outside the vocabulary [0, {vocab})"
+        capacity = self.token_to_kv_pool_allocator.size
+        if len(ids) + 1 > capacity:
+            return f"the prompt ({len(ids)} tokens) does not fit the KV pool ({capacity} tokens)"
+        try:
+            req.sampling_params.verify(vocab)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    @staticmethod
+    def _length_reason(req: Req):
+        from minisgl.scheduler.schedule_batch import FINISH_LENGTH
+
+        return FINISH_LENGTH(req.sampling_params.max_new_tokens)
+
+    def abort_request(self, rid: str, message: str = "aborted by the client") -> None:
+        """中止：排队中的立刻移除；运行中的在下一步开始时释放。Queued: removed now; running: at the next step."""
+        for req in list(self.waiting_queue):
+            if req.rid == rid:
+                self.waiting_queue.remove(req)
+                if req.req_pool_idx is not None:  # 不应发生，保险起见 / defensive
+                    self._release(req)
+                req.finished_reason = FINISH_ABORT(message)
+                self._pending_out.add(req, [])
+        for req in self.running_reqs + ([self.chunked_req] if self.chunked_req else []):
+            if req.rid == rid:
+                req.to_abort = message
+
+    def _process_aborts(self, out: BatchTokenIDOut) -> None:
+        for req in [r for r in self.running_reqs if r.to_abort]:
+            self.running_reqs.remove(req)
+            req.check_finished()
+            self.tree_cache.cache_finished_req(req)
+            out.add(req, [])
+        if self.chunked_req is not None and self.chunked_req.to_abort:
+            req, self.chunked_req = self.chunked_req, None
+            req.check_finished()
+            self.tree_cache.cache_finished_req(req)
+            out.add(req, [])
+
+    def has_work(self) -> bool:
+        return bool(self.waiting_queue or self.running_reqs or self.chunked_req or len(self._pending_out))
+
+    # ======== 一步 / One step ========
+    def step(self) -> StepOutput:
+        """跑一轮调度（见文件头的流程图）。Run one scheduling iteration (see the header)."""
+        t0 = time.perf_counter()
+        out, self._pending_out = self._pending_out, BatchTokenIDOut()
+        self._process_aborts(out)
+        retracted: List[str] = []
+        batch, mode = self.get_new_batch_prefill(), ForwardMode.EXTEND
+        if batch is None and self.running_reqs:
+            batch, retracted = self.update_running_batch(out)
+            mode = ForwardMode.DECODE
+        if not batch:
+            return StepOutput(None, out=out, retracted=retracted, duration_s=time.perf_counter() - t0)
+        fb = self._prepare_extend(batch) if mode.is_extend() else self._prepare_decode(batch)
+        logits = self.model_runner.forward(fb)
+        next_ids, bad_rows = self.sampler(logits, batch)
+        self.forward_ct += 1
+        self.process_batch_result(batch, mode, next_ids.tolist(), bad_rows, out)
+        return StepOutput(mode, [r.rid for r in batch], len(fb.input_ids), out, retracted,
+                          time.perf_counter() - t0)
+
+    def run_until_idle(self, max_steps: int = 1_000_000) -> List[StepOutput]:
+        outs = []
+        while self.has_work() and len(outs) < max_steps:
+            outs.append(self.step())
+        return outs
+
+    # ======== prefill ========
+    def get_new_batch_prefill(self) -> Optional[List[Req]]:
+        """按策略与预算选出本轮 prefill 的请求。Choose this round's prefill requests."""
+        if not self.waiting_queue and self.chunked_req is None:
+            return None
+        args = self.server_args
+        adder = PrefillAdder(
+            self.tree_cache, self.token_to_kv_pool_allocator, self.running_reqs, self.new_token_ratio,
+            args.max_prefill_tokens, args.chunked_prefill_size, self.page_size,
+        )
+        if self.chunked_req is not None:
+            adder.add_chunked_req(self.chunked_req)
+        self.policy.calc_priority(self.waiting_queue)
+        for req in self.waiting_queue:
+            if len(self.running_reqs) + len(adder.can_run_list) >= self.max_running_requests:
+                break
+            req.init_next_round_input(self.tree_cache)
+            if adder.add_one_req(req) != AddReqResult.CONTINUE:
+                break
+        if not adder.can_run_list and not self.running_reqs and self.waiting_queue:
+            # 什么都没在跑，但队首也放不进预算：只要输入放得下就强行接纳（输出靠 retraction/abort 兜底）。
+            # Nothing runs and the head does not fit the budget: admit it if its input alone fits.
+            head = self.waiting_queue[0]
+            head.init_next_round_input(self.tree_cache)
+            if head.extend_input_len + self.page_size <= (self.token_to_kv_pool_allocator.available_size()
+                                                          + self.tree_cache.evictable_size()):
+                adder.force_add(head)
+        if not adder.can_run_list:
+            return None
+        admitted = set(id(r) for r in adder.can_run_list)
+        self.waiting_queue = [r for r in self.waiting_queue if id(r) not in admitted]
+        self.chunked_req = adder.new_chunked_req or (
+            self.chunked_req if self.chunked_req is not None and self.chunked_req.is_chunked else None)
+        return adder.can_run_list
+
+    def _alloc_slots(self, prefix_len: int, seq_len: int, last_loc: int) -> Optional[torch.Tensor]:
+        """分配槽位，不够时先驱逐缓存。Allocate slots, evicting cache first when short."""
+        alloc = self.token_to_kv_pool_allocator
+        loc = alloc.alloc_extend([prefix_len], [seq_len], [last_loc])
+        if loc is None:
+            self.tree_cache.evict(seq_len - prefix_len + self.page_size)
+            loc = alloc.alloc_extend([prefix_len], [seq_len], [last_loc])
+        return loc
+
+    def _last_loc(self, req: Req, length: int) -> int:
+        return int(self.req_to_token_pool.req_to_token[req.req_pool_idx, length - 1]) if length > 0 else -1
+
+    def _prepare_extend(self, reqs: List[Req]) -> ForwardBatch:
+        """为每个请求分配 req_to_token 行与新 token 的槽位，拼出 ForwardBatch。
+
+        Give each request a req_to_token row and slots for its new tokens; build the ForwardBatch.
+        """
+        input_ids, positions, locs, prefix_lens, extend_lens = [], [], [], [], []
+        for req in reqs:
+            pre, seq = len(req.prefix_indices), len(req.fill_ids)
+            if req.req_pool_idx is None:
+                req.req_pool_idx = self.req_to_token_pool.alloc(1)[0]
+                self.req_to_token_pool.write(req.req_pool_idx, 0, req.prefix_indices)
+            if req.cached_tokens is None:
+                req.cached_tokens = pre
+            loc = self._alloc_slots(pre, seq, self._last_loc(req, pre))
+            if loc is None:
+                raise RuntimeError("KV pool exhausted during prefill although the budget admitted the batch")
+            self.req_to_token_pool.write(req.req_pool_idx, pre, loc)
+            input_ids.extend(req.fill_ids[pre:])
+            positions.extend(range(pre, seq))
+            locs.append(loc)
+            prefix_lens.append(pre)
+            extend_lens.append(seq - pre)
+        return self._make_forward_batch(ForwardMode.EXTEND, reqs, input_ids, positions, torch.cat(locs),
+                                        prefix_lens, extend_lens)
+
+    def _make_forward_batch(self, mode, reqs, input_ids, positions, out_cache_loc, prefix_lens, extend_lens):
+        dev = self.model_runner.device
+        seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+        return ForwardBatch(
+            forward_mode=mode,
+            batch_size=len(reqs),
+            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            out_cache_loc=out_cache_loc.to(dev),
+            req_pool_indices=torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=dev),
+            seq_lens_cpu=seq_lens,
+            extend_prefix_lens=prefix_lens,
+            extend_seq_lens=extend_lens,
+        )
+
+    # ======== decode ========
+    def _decode_slots_needed(self, reqs: List[Req]) -> int:
+        # 页未满的请求不需要新页。A request whose last page has room needs no new page.
+        return sum(self.page_size for r in reqs if r.kv_len % self.page_size == 0)
+
+    def update_running_batch(self, out: BatchTokenIDOut) -> Tuple[List[Req], List[str]]:
+        """decode 前检查内存，必要时 retraction。Check memory before decode; retract if needed.
+
+        Returns (the decode batch, rids of retracted requests).
+        """
+        retracted: List[str] = []
+        if self._decode_avail() < self._decode_slots_needed(self.running_reqs):
+            retracted = self.retract_decode(out)
+        else:
+            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, MIN_NEW_TOKEN_RATIO)
+        return list(self.running_reqs), retracted
+
+    def _decode_avail(self) -> int:
+        return self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size()
+
+    def retract_decode(self, out: BatchTokenIDOut) -> List[str]:
+        """把请求退回队列直到剩下的能继续 decode。Send requests back until the rest can decode.
+
+        Victims: fewest output tokens first, longer prompts first among ties (as SGLang), so
+        the least progress is thrown away.
+        """
+        retracted: List[str] = []
+        order = sorted(self.running_reqs, key=lambda r: (len(r.output_ids), -len(r.origin_input_ids)), reverse=True)
+        while self._decode_avail() < self._decode_slots_needed(order):
+            if len(order) == 1:
+                # 只剩一个请求也放不下：无法继续，以 abort 结束（不挂起）。A lone request cannot go on.
+                req = order.pop()
+                self.running_reqs.remove(req)
+                req.finished_reason = FINISH_ABORT("out of KV cache memory: the sequence outgrew the KV pool")
+                self.tree_cache.cache_finished_req(req)
+                out.add(req, [])
+                break
+            req = order.pop()
+            self.running_reqs.remove(req)
+            self._release(req)
+            req.is_retracted = True
+            retracted.append(req.rid)
+            self.waiting_queue.insert(0, req)
+        self.num_retractions += len(retracted)
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        return retracted
+
+    def _release(self, req: Req) -> None:
+        """释放请求自己的 KV（不进缓存），解锁前缀，归还行。Free own KV, unlock prefix, return the row."""
+        own = self.req_to_token_pool.req_to_token[req.req_pool_idx, len(req.prefix_indices): req.kv_len]
+        self.token_to_kv_pool_allocator.free(own.clone())
+        self.req_to_token_pool.free(req.req_pool_idx)
+        self.tree_cache.dec_lock_ref(req.last_node)
+        req.req_pool_idx, req.last_node, req.kv_len = None, None, 0
+        req.prefix_indices = torch.empty(0, dtype=torch.int64)
+
+    def _prepare_decode(self, reqs: List[Req]) -> ForwardBatch:
+        locs = []
+        for req in reqs:
+            loc = self._alloc_slots(req.kv_len, req.kv_len + 1, self._last_loc(req, req.kv_len))
+            assert loc is not None, "update_running_batch guarantees decode memory"
+            self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, loc)
+            locs.append(loc)
+        return self._make_forward_batch(
+            ForwardMode.DECODE, reqs, [r.output_ids[-1] for r in reqs], [r.kv_len for r in reqs],
+            torch.cat(locs), [r.kv_len for r in reqs], [1] * len(reqs),
+        )
+
+    # ======== 结果 / Results ========
+    def process_batch_result(self, batch: List[Req], mode: ForwardMode, next_ids: List[int],
+                             bad_rows: List[bool], out: BatchTokenIDOut) -> None:
+        """追加 token、检查结束、把 KV 交给缓存。Append tokens, check finish, hand KV to the cache."""
+        now = time.perf_counter()
+        for req, tok, bad in zip(batch, next_ids, bad_rows):
+            if mode.is_extend():
+                req.kv_len = len(req.fill_ids)
+                if req.is_chunked:  # 还有下一块：这一步的 logits 不用 / more chunks: logits unused
+                    self.tree_cache.cache_unfinished_req(req)
+                    continue
+            else:
+                req.kv_len += 1
+            if bad:
+                req.finished_reason = FINISH_ABORT("the model produced NaN/Inf logits")
+                new_ids = []
+            else:
+                req.output_ids.append(tok)
+                req.first_token_time = req.first_token_time or now
+                req.check_finished(self.tokenizer)
+                new_ids = [tok]
+            if req.finished():
+                if req in self.running_reqs:
+                    self.running_reqs.remove(req)
+                self.tree_cache.cache_finished_req(req)
+            elif mode.is_extend():
+                self.tree_cache.cache_unfinished_req(req)
+                self.running_reqs.append(req)
+            out.add(req, new_ids)
+
+    # ======== 管理 / Maintenance ========
+    def flush_cache(self) -> bool:
+        """清空前缀缓存（只在空闲时）。Drop the prefix cache (only when idle)."""
+        if self.waiting_queue or self.running_reqs or self.chunked_req:
+            return False
+        self.tree_cache.reset()
+        self.token_to_kv_pool_allocator.clear()
+        self.req_to_token_pool.clear()
+        return True
+
+    def get_stats(self) -> dict:
+        alloc = self.token_to_kv_pool_allocator
+        used = alloc.size - alloc.available_size()
+        return {
+            "num_running_reqs": len(self.running_reqs) + (1 if self.chunked_req else 0),
+            "num_queued_reqs": len(self.waiting_queue),
+            "max_total_num_tokens": alloc.size,
+            "available_kv_tokens": alloc.available_size(),
+            "used_kv_tokens": used,
+            "evictable_kv_tokens": self.tree_cache.evictable_size(),
+            "protected_kv_tokens": self.tree_cache.protected_size(),
+            "token_usage": used / alloc.size,
+            "new_token_ratio": self.new_token_ratio,
+            "num_retractions": self.num_retractions,
+            "forward_ct": self.forward_ct,
+        }
+
+    def check_pool_whole(self) -> None:
+        """空闲时的不变量：没有锁、没有泄漏。Idle invariants: nothing locked, nothing leaked."""
+        alloc = self.token_to_kv_pool_allocator
+        assert not self.has_work(), "check_pool_whole() needs an idle scheduler"
+        assert self.tree_cache.protected_size() == 0, f"{self.tree_cache.protected_size()} tokens still locked"
+        cached = self.tree_cache.total_size()
+        assert alloc.available_size() + cached == alloc.size, (
+            f"KV leak: free {alloc.available_size()} + cached {cached} != capacity {alloc.size}")
+        assert len(set(alloc.free_pages.tolist())) == len(alloc.free_pages), "a page was freed twice"
+        assert self.req_to_token_pool.available_size() == self.req_to_token_pool.size, "a req_to_token row leaked"

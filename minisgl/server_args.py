@@ -1,0 +1,155 @@
+# ================================================================================
+# ⚙️ 启动参数（ServerArgs）：所有旋钮在一个地方
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   一个 dataclass 列出引擎和服务器的全部参数，名字与 SGLang 的 server_args 相同
+#   （--page-size、--disable-radix-cache、--schedule-policy……）。命令行参数由字段自动生成，
+#   Engine(**kwargs) 也用它，所以两处永远一致。
+#   One dataclass holds every engine/server knob, named as SGLang's server_args. CLI flags are
+#   generated from the fields and Engine(**kwargs) uses the same class, so the two never drift.
+#
+# 【生活比喻】Metaphor
+#   餐厅开门前的检查表：几张桌子（max_running_requests）、冰箱多大（KV 池）、按什么顺序接待（policy）。
+#   The opening checklist of a restaurant: tables, fridge size, seating order.
+#
+# 【核心架构】Architecture
+#   argparse  ──ServerArgs.from_cli_args──►  ServerArgs  ◄── Engine(**kwargs)
+#                                                │ .resolve()：补全 device / dtype / 默认路径
+#                                                ▼
+#                                  Scheduler / ModelRunner / HTTP server
+#
+# 【工作流程】Workflow
+#   1. 字段的 metadata["help"] 同时是 --help 文本。Each field's help is the CLI help.
+#   2. resolve() 填上依赖环境的默认值（cuda 可用则用 GPU、bf16、triton 后端……）。
+#   3. check() 拒绝不合理的组合，报错写清是哪个参数。check() rejects bad combinations by name.
+#
+# 【关键概念】Key Concepts
+#   - model_path=None → 随包附带的小模型（离线可用）。None means the bundled tiny model.
+#   - KV 池大小：GPU 上 = 空闲显存 × mem_fraction_static；CPU 上默认 1 GiB 预算；
+#     --max-total-tokens 直接指定（测试用它制造内存紧张 → retraction）。
+#
+# 【使用方式】Usage
+#   >>> args = ServerArgs(page_size=4, schedule_policy="lpm").resolve()
+#   $ minisgl serve --help
+#
+# 【对应章节】Chapter: docs/zh/03-server-startup.md
+# ================================================================================
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "tiny-zh-en")
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ServerArgs:
+    model_path: Optional[str] = _f(None, "本地 HF 模型目录；缺省为自带小模型 / local HF model folder (default: the bundled tiny model)")
+    tokenizer_path: Optional[str] = _f(None, "分词器目录（缺省同 model_path）/ tokenizer folder (default: model_path)")
+    host: str = _f("127.0.0.1", "HTTP 监听地址 / HTTP host (127.0.0.1 keeps strangers out)")
+    port: int = _f(30000, "HTTP 端口 / HTTP port")
+    device: Optional[str] = _f(None, "cpu 或 cuda（缺省自动）/ cpu or cuda (default: cuda if available)", choices=["cpu", "cuda"])
+    dtype: str = _f("auto", "auto（GPU bf16，CPU float32）/ auto = bf16 on GPU, float32 on CPU",
+                    choices=["auto", "float32", "bfloat16", "float16"])
+    context_length: Optional[int] = _f(None, "最大上下文长度（缺省取模型配置）/ max context length (default: from config)")
+    page_size: int = _f(1, "KV 池每页 token 数 / tokens per KV page")
+    max_total_tokens: Optional[int] = _f(None, "KV 池容量（token），覆盖自动估算 / KV pool size in tokens (overrides sizing)")
+    mem_fraction_static: float = _f(0.85, "GPU 上权重+KV 池占显存比例 / GPU memory fraction for weights + KV pool")
+    max_running_requests: Optional[int] = _f(None, "同时运行的请求数上限 / max concurrently running requests")
+    max_queued_requests: Optional[int] = _f(None, "排队上限，超过回 503 / max queued requests (503 beyond)")
+    max_prefill_tokens: int = _f(16384, "一次 prefill 的 token 预算 / token budget of one prefill batch")
+    chunked_prefill_size: Optional[int] = _f(None, "分块 prefill 的块大小，-1 关闭 / chunk size of chunked prefill, -1 = off")
+    schedule_policy: str = _f("fcfs", "调度策略 / scheduling policy", choices=["fcfs", "lpm"])
+    disable_radix_cache: bool = _f(False, "关闭前缀缓存 / disable the radix (prefix) cache")
+    attention_backend: Optional[str] = _f(None, "注意力后端（GPU 缺省 triton）/ attention backend (default: triton on GPU)",
+                                          choices=["torch", "triton"])
+    disable_cuda_graph: bool = _f(False, "关闭 decode 的 CUDA graph / disable CUDA graphs for decode")
+    cuda_graph_max_bs: int = _f(256, "CUDA graph 捕获的最大 batch / largest captured batch size")
+    random_seed: int = _f(0, "全局随机种子 / global random seed")
+    api_key: Optional[str] = _f(None, "需要 Authorization: Bearer <key> / require this API key")
+    enable_metrics: bool = _f(False, "开启 /metrics（Prometheus）/ enable /metrics")
+    max_request_bytes: int = _f(1 << 20, "请求体大小上限 / request body limit in bytes")
+    tp_size: int = _f(1, "张量并行数 / tensor parallel size")
+    served_model_name: Optional[str] = _f(None, "/v1/models 中的名字 / model name shown by /v1/models")
+    log_level: str = _f("info", "日志级别 / log level", choices=["debug", "info", "warning", "error"])
+
+    # ======== 命令行 / CLI ========
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            kw = {"help": f.metadata.get("help", ""), "default": f.default}
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, action="store_true", help=kw["help"])
+                continue
+            typ = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            parser.add_argument(flag, type=typ, **kw)
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> "ServerArgs":
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "ServerArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown engine argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    # ======== 补全与检查 / Resolve and check ========
+    def resolve(self) -> "ServerArgs":
+        """填上依赖环境的默认值（返回新对象）。Fill environment-dependent defaults (a new object)."""
+        import torch
+
+        a = dataclasses.replace(self)
+        if a.model_path is None:
+            a.model_path = BUNDLED_MODEL
+        a.tokenizer_path = a.tokenizer_path or a.model_path
+        if a.device is None:
+            a.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if a.dtype == "auto":
+            a.dtype = "bfloat16" if a.device == "cuda" else "float32"
+        if a.attention_backend is None:
+            a.attention_backend = "triton" if a.device == "cuda" else "torch"
+        if a.chunked_prefill_size is None:
+            a.chunked_prefill_size = 8192 if a.device == "cuda" else 2048
+        if a.max_running_requests is None:
+            a.max_running_requests = 256 if a.device == "cuda" else 64
+        if a.device == "cpu":
+            a.disable_cuda_graph = True
+        a.check()
+        return a
+
+    def check(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        if self.page_size < 1:
+            raise ValueError(f"--page-size must be >= 1, got {self.page_size}")
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1:
+            if self.chunked_prefill_size < self.page_size:
+                raise ValueError("--chunked-prefill-size must be >= --page-size (or -1 to turn chunking off)")
+        if self.max_total_tokens is not None and self.max_total_tokens < 2 * self.page_size:
+            raise ValueError("--max-total-tokens is too small (need at least two pages)")
+        if not 0.0 < self.mem_fraction_static < 1.0:
+            raise ValueError("--mem-fraction-static must be in (0, 1)")
+        if self.max_running_requests is not None and self.max_running_requests < 1:
+            raise ValueError("--max-running-requests must be >= 1")
+        if self.attention_backend == "triton" and self.device != "cuda":
+            import os as _os
+
+            if _os.environ.get("TRITON_INTERPRET") != "1":
+                raise ValueError("--attention-backend triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")

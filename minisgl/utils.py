@@ -1,0 +1,54 @@
+# ================================================================================
+# 🧰 小工具：加载分词器、选空闲端口、日志
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   几个到处都要用、又不属于任何一章主角的小函数。
+#   Small helpers used everywhere that belong to no single chapter.
+#
+# 【生活比喻】Metaphor
+#   厨房抽屉里的开瓶器和剪刀：不起眼，但每道菜都可能用到。
+#   The bottle opener in the kitchen drawer: unremarkable, used by every dish.
+#
+# 【核心架构】Architecture
+#   load_tokenizer(path) ──► transformers.AutoTokenizer（清楚的错误信息 / clear errors）
+#   get_free_port()       ──► 本机空闲 TCP 端口（测试用）/ a free localhost port (tests)
+#
+# 【工作流程】Workflow
+#   直接调用。Call directly.
+#
+# 【关键概念】Key Concepts
+#   - 分词器和模型放在同一个 HF 目录：tokenizer.json + tokenizer_config.json（含 chat_template）。
+#
+# 【使用方式】Usage
+#   >>> tok = load_tokenizer("minisgl/assets/tiny-zh-en")
+#
+# 【对应章节】Chapter: docs/zh/05-tokenization.md
+# ================================================================================
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+
+def load_tokenizer(path: str):
+    """加载 HF 分词器。Load a Hugging Face tokenizer from a local folder."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer path {path!r} is not a directory")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"no tokenizer files (tokenizer.json / vocab.json) in {path!r}")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def get_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def configure_logging(level: str = "info") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="[%(asctime)s %(name)s] %(message)s",
+                        datefmt="%H:%M:%S")
