@@ -67,6 +67,7 @@ class ServerArgs:
     max_queued_requests: Optional[int] = _f(None, "排队上限，超过回 503 / max queued requests (503 beyond)")
     max_prefill_tokens: int = _f(16384, "一次 prefill 的 token 预算 / token budget of one prefill batch")
     chunked_prefill_size: Optional[int] = _f(None, "分块 prefill 的块大小，-1 关闭 / chunk size of chunked prefill, -1 = off")
+    schedule_conservativeness: float = _f(1.0, "越小越激进地接纳新请求（更可能 retraction）/ lower = admit more eagerly (more retraction)")
     schedule_policy: str = _f("fcfs", "调度策略 / scheduling policy", choices=["fcfs", "lpm"])
     disable_radix_cache: bool = _f(False, "关闭前缀缓存 / disable the radix (prefix) cache")
     attention_backend: Optional[str] = _f(None, "注意力后端（GPU 缺省 triton）/ attention backend (default: triton on GPU)",
@@ -144,6 +145,8 @@ class ServerArgs:
                 raise ValueError("--chunked-prefill-size must be >= --page-size (or -1 to turn chunking off)")
         if self.max_total_tokens is not None and self.max_total_tokens < 2 * self.page_size:
             raise ValueError("--max-total-tokens is too small (need at least two pages)")
+        if self.schedule_conservativeness <= 0:
+            raise ValueError("--schedule-conservativeness must be > 0")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
         if self.max_running_requests is not None and self.max_running_requests < 1:

@@ -54,6 +54,10 @@ class ChunkCache:
     def match_prefix(self, key: Sequence[int]) -> Tuple[torch.Tensor, None]:
         return torch.empty(0, dtype=torch.int64), None
 
+    def release_req(self, req) -> None:
+        # 没有共享：请求的所有 KV 都归它自己，全部释放。Nothing is shared: all of it is freed.
+        self.cache_finished_req(req)
+
     def cache_finished_req(self, req) -> None:
         kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len]
         self.token_to_kv_pool_allocator.free(kv_indices.clone())

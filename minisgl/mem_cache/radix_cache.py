@@ -266,6 +266,18 @@ class RadixCache:
         self.inc_lock_ref(new_last_node)
         req.prefix_indices, req.last_node = new_indices, new_last_node
 
+    def release_req(self, req) -> None:
+        """丢弃请求自己的 KV（retraction 用）：前缀归树所有，只解锁。
+
+        Discard a request's own KV without caching it (retraction): the prefix belongs to the
+        tree and is only unlocked; the rest is freed.
+        """
+        own = self.req_to_token_pool.req_to_token[req.req_pool_idx, len(req.prefix_indices) : req.kv_len]
+        self.token_to_kv_pool_allocator.free(own.clone())
+        self.req_to_token_pool.free(req.req_pool_idx)
+        self.dec_lock_ref(req.last_node)
+        req.req_pool_idx, req.last_node = None, None
+
     # ======== 统计 / Sizes ========
     def evictable_size(self) -> int:
         return self.evictable_size_

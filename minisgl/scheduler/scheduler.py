@@ -122,7 +122,10 @@ class Scheduler:
         self.waiting_queue: List[Req] = []
         self.running_reqs: List[Req] = []
         self.chunked_req: Optional[Req] = None
-        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        # 预留比例随 --schedule-conservativeness 缩放（同 SGLang）。Scaled by conservativeness, as in SGLang.
+        self.init_new_token_ratio = min(INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness, 1.0)
+        self.min_new_token_ratio = min(MIN_NEW_TOKEN_RATIO * args.schedule_conservativeness, 1.0)
+        self.new_token_ratio = self.init_new_token_ratio
         self.max_running_requests = min(args.max_running_requests, self.req_to_token_pool.size - 1)
         self.context_len = self.model_config.context_len
         self._pending_out = BatchTokenIDOut()  # 不经过前向就结束的请求 / requests ended without a forward
@@ -332,7 +335,7 @@ class Scheduler:
         if self._decode_avail() < self._decode_slots_needed(self.running_reqs):
             retracted = self.retract_decode(out)
         else:
-            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, MIN_NEW_TOKEN_RATIO)
+            self.new_token_ratio = max(self.new_token_ratio - NEW_TOKEN_RATIO_DECAY, self.min_new_token_ratio)
         return list(self.running_reqs), retracted
 
     def _decode_avail(self) -> int:
@@ -362,16 +365,13 @@ class Scheduler:
             retracted.append(req.rid)
             self.waiting_queue.insert(0, req)
         self.num_retractions += len(retracted)
-        self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.new_token_ratio = self.init_new_token_ratio
         return retracted
 
     def _release(self, req: Req) -> None:
-        """释放请求自己的 KV（不进缓存），解锁前缀，归还行。Free own KV, unlock prefix, return the row."""
-        own = self.req_to_token_pool.req_to_token[req.req_pool_idx, len(req.prefix_indices): req.kv_len]
-        self.token_to_kv_pool_allocator.free(own.clone())
-        self.req_to_token_pool.free(req.req_pool_idx)
-        self.tree_cache.dec_lock_ref(req.last_node)
-        req.req_pool_idx, req.last_node, req.kv_len = None, None, 0
+        """丢弃请求的 KV（不进缓存），以便它稍后从头 prefill。Drop a request's KV so it can re-prefill later."""
+        self.tree_cache.release_req(req)
+        req.kv_len = 0
         req.prefix_indices = torch.empty(0, dtype=torch.int64)
 
     def _prepare_decode(self, reqs: List[Req]) -> ForwardBatch:
