@@ -90,13 +90,17 @@ class Engine:
     """minisgl 的离线入口（见文件头）。The offline entry point; see the file header."""
 
     def __init__(self, model_path: Optional[str] = None, **server_args):
+        from minisgl.model.config import ModelConfig
+        from minisgl.runner.model_runner import ModelRunner
         from minisgl.scheduler.scheduler import Scheduler
         from minisgl.utils import load_tokenizer
 
-        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **server_args).resolve()
-        self.tokenizer = load_tokenizer(self.server_args.tokenizer_path)
-        self.scheduler = Scheduler(self.server_args, tokenizer=self.tokenizer)
-        self.model_config = self.scheduler.model_config
+        self.server_args = args = ServerArgs.from_kwargs(model_path=model_path, **server_args).resolve()
+        # 先读配置：模型目录有问题时，错误信息先说模型。Config first, so a bad folder is reported as such.
+        self.model_config = ModelConfig.from_pretrained(args.model_path, args.context_length)
+        self.tokenizer = load_tokenizer(args.tokenizer_path)
+        runner = ModelRunner(args, self.model_config)
+        self.scheduler = Scheduler(args, model_runner=runner, tokenizer=self.tokenizer)
 
     # ======== 生成 / Generation ========
     def generate(

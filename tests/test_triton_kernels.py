@@ -182,6 +182,9 @@ def test_decode_empty_sequence_writes_zero():
     _check(o, ref, torch.float32)
 
 
+# CPU 上只测 fp32/fp16：triton 3.9 的解释器对 bf16 的 tl.dot 结果是错的（2026-11 在此实测），
+# bf16 留给 GPU 测试。CPU covers fp32/fp16 only: the triton 3.9 interpreter computes bf16
+# tl.dot wrongly (seen here, 2026-11); bf16 is covered by the GPU tests.
 def test_decode_fp16_small():
     batch = _make_decode([33, 6], 4, 2, 32, 4, torch.float16, seed=11)
     o, ref = _run_decode(*batch, [3, 1], 3)

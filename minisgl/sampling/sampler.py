@@ -139,6 +139,7 @@ def top_k_top_p_min_p_filter(probs: torch.Tensor, info: SamplingBatchInfo) -> to
 class Sampler:
     """logits → next token ids（见文件头）。See the file header."""
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, reqs: Sequence) -> Tuple[torch.Tensor, List[bool]]:
         """采样下一个 token。Sample the next token of each row.
 
