@@ -53,9 +53,12 @@ from minisgl.tokenizer_manager import normalize_requests
 class _ReqState:
     """一个请求在引擎侧的状态。The engine-side state of one request."""
 
-    def __init__(self, rid: str, detok: IncrementalDetokenizer):
+    def __init__(self, rid: str, detok: IncrementalDetokenizer, stream: bool):
         self.rid = rid
         self.detok = detok
+        # 非流式请求结束时一次解码（与增量结果相同，测试验证），省掉每个 token 两次 decode。
+        # A non-streaming request decodes once at the end (same text; tested), not twice per token.
+        self.stream = stream
         self.output_ids: List[int] = []
         self.meta: Dict[str, Any] = {"id": rid, "finish_reason": None}
         self.finished = False
@@ -65,8 +68,11 @@ class _ReqState:
         """吸收调度器的一条输出，返回增量。Absorb one scheduler output; return the delta."""
         new_ids = out.output_ids[i]
         self.output_ids.extend(new_ids)
-        self.detok.append(new_ids)
         reason = out.finished_reasons[i]
+        if self.stream:
+            self.detok.append(new_ids)
+        elif reason is not None:
+            self.detok.append(self.output_ids)
         if reason is not None:
             self.finished = True
             self.detok.flush()
@@ -120,7 +126,8 @@ class Engine:
             if r.rid in states:
                 raise ValueError(f"duplicate request id {r.rid!r}")
             states[r.rid] = _ReqState(r.rid, IncrementalDetokenizer(
-                self.tokenizer, r.input_ids, r.sampling_params.skip_special_tokens, r.sampling_params.stop_strs))
+                self.tokenizer, r.input_ids, r.sampling_params.skip_special_tokens, r.sampling_params.stop_strs),
+                stream)
         for r in reqs:
             self.scheduler.add_request(r)
         order = [r.rid for r in reqs]

@@ -4,6 +4,11 @@ import os
 import pytest
 import torch
 
+# 没有 GPU 时，Triton 内核在解释器里跑（必须在 import triton 之前设置）。
+# Without a GPU, Triton kernels run in the interpreter (must be set before triton is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from minisgl.testing import make_tiny_checkpoint
 
 torch.set_num_threads(2)

@@ -13,7 +13,7 @@ from minisgl.mem_cache import RadixCache, ReqToTokenPool, TokenToKVPoolAllocator
 
 def make_cache(size=256, page_size=1):
     alloc = TokenToKVPoolAllocator(size, page_size)
-    return RadixCache(ReqToTokenPool(4, 64), alloc, page_size), alloc
+    return RadixCache(ReqToTokenPool(5, 64), alloc, page_size), alloc
 
 
 def insert_fresh(cache, alloc, key):

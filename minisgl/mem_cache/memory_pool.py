@@ -55,7 +55,13 @@ import torch
 
 
 class ReqToTokenPool:
-    """请求 → token 槽位的映射表（每个正在运行的请求占一行）。One row per running request."""
+    """请求 → token 槽位的映射表（每个正在运行的请求占一行）。One row per running request.
+
+    Row 0 is the dummy row (all zeros → the dummy KV slot): padded CUDA-graph rows point at it,
+    so it is never handed out; `size - 1` rows are usable.
+    """
+
+    DUMMY_ROW = 0
 
     def __init__(self, size: int, max_context_len: int, device: str = "cpu"):
         self.size = size
@@ -63,7 +69,7 @@ class ReqToTokenPool:
         self.device = device
         # [size, max_context_len]: req_to_token[r, j] = KV slot of token j of the request in row r
         self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int64, device=device)
-        self.free_slots: List[int] = list(range(size))
+        self.clear()
 
     def available_size(self) -> int:
         return len(self.free_slots)
@@ -82,7 +88,11 @@ class ReqToTokenPool:
         self.req_to_token[idx, start : start + len(values)] = values.to(self.req_to_token.device)
 
     def clear(self) -> None:
-        self.free_slots = list(range(self.size))
+        self.free_slots = list(range(1, self.size))
+
+    @property
+    def capacity(self) -> int:
+        return self.size - 1
 
 
 class TokenToKVPoolAllocator:
@@ -149,6 +159,8 @@ class TokenToKVPoolAllocator:
 
     def alloc_decode(self, seq_lens: Sequence[int], last_locs: Sequence[int]) -> Optional[torch.Tensor]:
         """每个请求再要 1 个槽位（位置 seq_len-1）。One more slot per request, for position seq_len-1."""
+        if self.page_size == 1:  # 快路径：直接取 bs 个空闲槽位 / fast path: take bs free slots
+            return self.alloc(len(seq_lens))
         return self.alloc_extend([s - 1 for s in seq_lens], seq_lens, last_locs)
 
     def free(self, indices: torch.Tensor) -> None:

@@ -71,14 +71,24 @@ class ModelRunner:
         self.page_size = args.page_size
         self.max_total_num_tokens = self._profile_max_num_tokens()
         cfg = self.model_config
+        # +1 行留给哑行 0 / one extra row: the dummy row 0
         self.req_to_token_pool = ReqToTokenPool(args.max_running_requests + 1, cfg.context_len + 4, self.device)
         self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.page_size, self.device)
         self.token_to_kv_pool = TokenToKVPool(
             self.max_total_num_tokens, self.page_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
             self.dtype, self.device,
         )
+        # 哑行 0：CUDA graph 的填充行指向它。Dummy row 0: padded CUDA-graph rows point here.
+        self.dummy_req_idx = ReqToTokenPool.DUMMY_ROW
         # ======== 第3步：注意力后端 / Step 3: attention backend ========
         self.attn_backend = self._make_attn_backend(args.attention_backend)
+        # ======== 第4步：CUDA graph（仅 GPU）/ Step 4: CUDA graphs (GPU only) ========
+        self.cuda_graph_runner = None
+        if self.device == "cuda" and not args.disable_cuda_graph:
+            from minisgl.runner.cuda_graph_runner import CudaGraphRunner
+
+            self.cuda_graph_runner = CudaGraphRunner(self, min(args.cuda_graph_max_bs, args.max_running_requests))
+            self.cuda_graph_runner.capture()
 
     def _profile_max_num_tokens(self) -> int:
         """KV 池能放多少 token。How many tokens the KV pool holds (whole pages)."""
@@ -118,6 +128,8 @@ class ModelRunner:
         fb.req_to_token_pool = self.req_to_token_pool
         fb.token_to_kv_pool = self.token_to_kv_pool
         fb.attn_backend = self.attn_backend
+        if self.cuda_graph_runner is not None and self.cuda_graph_runner.can_run(fb):
+            return self.cuda_graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb)  # [N, hidden]
         if fb.forward_mode.is_extend():

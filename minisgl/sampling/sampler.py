@@ -147,12 +147,10 @@ class Sampler:
         Returns (next_token_ids [bs] int64 on CPU, bad_rows: rows whose logits were not finite).
         """
         logits = logits.float()
+        # 坏行换成 0，让这一批其他请求照常进行；调度器会 abort 坏行的请求（不在这里同步）。
+        # Zero the bad rows so the batch proceeds; the scheduler aborts them (no host sync here).
         finite = torch.isfinite(logits).all(dim=-1)  # [bs]
-        bad_rows = (~finite).tolist()
-        if any(bad_rows):
-            # 坏行换成 0，让这一批其他请求照常进行；调度器会 abort 坏行的请求。
-            # Zero the bad rows so the rest of the batch proceeds; the scheduler aborts those requests.
-            logits = torch.where(finite.unsqueeze(1), logits, torch.zeros_like(logits))
+        logits = torch.where(finite.unsqueeze(1), logits, torch.zeros_like(logits))
         logits = apply_penalties(logits, reqs)
         info = SamplingBatchInfo.from_reqs(reqs, logits.shape[-1], logits.device)
 
@@ -160,12 +158,17 @@ class Sampler:
         if not all(info.is_greedy):
             probs = torch.softmax(logits / info.temperatures, dim=-1)
             probs = top_k_top_p_min_p_filter(probs, info)
-            for i in range(len(reqs)):
-                if info.is_greedy[i]:
-                    continue
-                # 每行单独抽样：带 seed 的请求用自己的发生器，结果与同批的其他请求无关。
-                # One draw per row: a seeded request uses its own generator, so batch-mates don't matter.
-                gen = info.generators[i]
-                row = probs[i] if gen is None or gen.device == probs.device else probs[i].to(gen.device)
-                next_ids[i] = torch.multinomial(row, 1, generator=gen).to(next_ids.device)[0]
-        return next_ids.cpu(), bad_rows
+            # 指数竞赛（exponential race）：argmax(p_i / E_i)，E_i ~ Exp(1)，与按 p 抽样同分布，且整批一次完成。
+            # The exponential race argmax(p_i / E_i) samples from p, for the whole batch in one kernel.
+            sampled = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
+            greedy = torch.tensor(info.is_greedy, device=logits.device)
+            next_ids = torch.where(greedy, next_ids, sampled)
+            for i, gen in enumerate(info.generators):
+                if gen is not None and not info.is_greedy[i]:
+                    # 带 seed 的行用自己的发生器重抽：结果与同批的其他请求无关。
+                    # A seeded row redraws with its own generator, so batch-mates never matter.
+                    row = probs[i].to(gen.device)
+                    next_ids[i] = torch.multinomial(row, 1, generator=gen).to(next_ids.device)[0]
+        # 唯一的一次设备→主机拷贝。The one device-to-host copy of the step.
+        both = torch.stack([next_ids, (~finite).long()]).cpu()
+        return both[0], [bool(b) for b in both[1].tolist()]

@@ -126,7 +126,7 @@ class Scheduler:
         self.init_new_token_ratio = min(INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness, 1.0)
         self.min_new_token_ratio = min(MIN_NEW_TOKEN_RATIO * args.schedule_conservativeness, 1.0)
         self.new_token_ratio = self.init_new_token_ratio
-        self.max_running_requests = min(args.max_running_requests, self.req_to_token_pool.size - 1)
+        self.max_running_requests = min(args.max_running_requests, self.req_to_token_pool.capacity)
         self.context_len = self.model_config.context_len
         self._pending_out = BatchTokenIDOut()  # 不经过前向就结束的请求 / requests ended without a forward
         self.forward_ct = 0
@@ -277,9 +277,6 @@ class Scheduler:
             loc = alloc.alloc_extend([prefix_len], [seq_len], [last_loc])
         return loc
 
-    def _last_loc(self, req: Req, length: int) -> int:
-        return int(self.req_to_token_pool.req_to_token[req.req_pool_idx, length - 1]) if length > 0 else -1
-
     def _prepare_extend(self, reqs: List[Req]) -> ForwardBatch:
         """为每个请求分配 req_to_token 行与新 token 的槽位，拼出 ForwardBatch。
 
@@ -293,7 +290,10 @@ class Scheduler:
                 self.req_to_token_pool.write(req.req_pool_idx, 0, req.prefix_indices)
             if req.cached_tokens is None:
                 req.cached_tokens = pre
-            loc = self._alloc_slots(pre, seq, self._last_loc(req, pre))
+            # 前缀总是整页（匹配与分块都按页对齐），所以新 token 从新页开始，不需要 last_loc。
+            # Prefixes are whole pages (matching and chunking are page-aligned): new tokens start a new page.
+            assert pre % self.page_size == 0
+            loc = self._alloc_slots(pre, seq, -1)
             if loc is None:
                 raise RuntimeError("KV pool exhausted during prefill although the budget admitted the batch")
             self.req_to_token_pool.write(req.req_pool_idx, pre, loc)
@@ -375,16 +375,29 @@ class Scheduler:
         req.prefix_indices = torch.empty(0, dtype=torch.int64)
 
     def _prepare_decode(self, reqs: List[Req]) -> ForwardBatch:
-        locs = []
-        for req in reqs:
-            loc = self._alloc_slots(req.kv_len, req.kv_len + 1, self._last_loc(req, req.kv_len))
-            assert loc is not None, "update_running_batch guarantees decode memory"
-            self.req_to_token_pool.write(req.req_pool_idx, req.kv_len, loc)
-            locs.append(loc)
-        return self._make_forward_batch(
-            ForwardMode.DECODE, reqs, [r.output_ids[-1] for r in reqs], [r.kv_len for r in reqs],
-            torch.cat(locs), [r.kv_len for r in reqs], [1] * len(reqs),
-        )
+        """每个请求一个新槽位，一次性分配、一次性写入 req_to_token（GPU 上每步只有几次拷贝）。
+
+        One new slot per request, allocated and written for the whole batch at once: a few
+        copies per step instead of a loop of small GPU ops (this runs every decode step).
+        """
+        dev = self.model_runner.device
+        kv_lens = [r.kv_len for r in reqs]
+        rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64, device=dev)
+        cols = torch.tensor(kv_lens, dtype=torch.int64, device=dev)
+        req_to_token = self.req_to_token_pool.req_to_token
+        if self.page_size == 1:
+            last_locs = [-1] * len(reqs)  # 每个 token 自成一页，不需要上一个槽位 / no page to continue
+        else:  # 一次 gather + 一次同步拿到每个请求的上一个槽位 / one gather, one sync
+            last_locs = req_to_token[rows, (cols - 1).clamp(min=0)].tolist()
+        alloc = self.token_to_kv_pool_allocator
+        locs = alloc.alloc_decode([k + 1 for k in kv_lens], last_locs)
+        if locs is None:
+            self.tree_cache.evict(self._decode_slots_needed(reqs))
+            locs = alloc.alloc_decode([k + 1 for k in kv_lens], last_locs)
+        assert locs is not None, "update_running_batch guarantees decode memory"
+        req_to_token[rows, cols] = locs.to(dev)
+        return self._make_forward_batch(ForwardMode.DECODE, reqs, [r.output_ids[-1] for r in reqs], kv_lens,
+                                        locs, kv_lens, [1] * len(reqs))
 
     # ======== 结果 / Results ========
     def process_batch_result(self, batch: List[Req], mode: ForwardMode, next_ids: List[int],
@@ -452,4 +465,4 @@ class Scheduler:
         assert alloc.available_size() + cached == alloc.size, (
             f"KV leak: free {alloc.available_size()} + cached {cached} != capacity {alloc.size}")
         assert len(set(alloc.free_pages.tolist())) == len(alloc.free_pages), "a page was freed twice"
-        assert self.req_to_token_pool.available_size() == self.req_to_token_pool.size, "a req_to_token row leaked"
+        assert self.req_to_token_pool.available_size() == self.req_to_token_pool.capacity, "a req_to_token row leaked"
