@@ -68,10 +68,15 @@ class TorchAttnBackend:
                 keys = keys.repeat_interleave(H // Hkv, dim=0)
                 vals = vals.repeat_interleave(H // Hkv, dim=0)
             qi = q[start : start + ext].transpose(0, 1)  # [H, ext, D]
-            # mask[j, t] = True 表示 query j 可以看 key t。True where query j may see key t.
-            q_pos = torch.arange(pre, L, device=q.device).unsqueeze(1)  # [ext, 1]
-            mask = torch.arange(L, device=q.device).unsqueeze(0) <= q_pos  # [ext, L]
-            oi = F.scaled_dot_product_attention(qi, keys, vals, attn_mask=mask, scale=scaling)
+            if ext == 1:  # decode：能看全部历史，不需要掩码 / sees the whole history: no mask
+                oi = F.scaled_dot_product_attention(qi, keys, vals, scale=scaling)
+            elif pre == 0:  # 没有前缀：普通因果掩码 / no prefix: the plain causal mask
+                oi = F.scaled_dot_product_attention(qi, keys, vals, is_causal=True, scale=scaling)
+            else:
+                # mask[j, t] = True 表示 query j 可以看 key t。True where query j may see key t.
+                q_pos = torch.arange(pre, L, device=q.device).unsqueeze(1)  # [ext, 1]
+                mask = torch.arange(L, device=q.device).unsqueeze(0) <= q_pos  # [ext, L]
+                oi = F.scaled_dot_product_attention(qi, keys, vals, attn_mask=mask, scale=scaling)
             o[start : start + ext] = oi.transpose(0, 1)
             start += ext
         return o
