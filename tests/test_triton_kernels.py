@@ -136,11 +136,13 @@ def _make_extend(ext_lens, prefix_lens, H, Hkv, D, page_size, dtype, seed):
     return tuple(map(to, (q_ext, k_ext, v_ext, k_buf, v_buf, qo_indptr))) + (kv_indptr, kv_indices)
 
 
-def _run_extend(q_ext, k_ext, v_ext, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, max_len, logit_cap=0.0):
+def _run_extend(q_ext, k_ext, v_ext, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, max_len, logit_cap=0.0,
+                config=None):
     sm_scale = q_ext.shape[-1] ** -0.5
     o = torch.full_like(q_ext, float("nan"))
     ext_mod.extend_attention_fwd(
-        q_ext, k_ext, v_ext, o, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, max_len, sm_scale, logit_cap
+        q_ext, k_ext, v_ext, o, k_buf, v_buf, qo_indptr, kv_indptr, kv_indices, max_len, sm_scale, logit_cap,
+        config=config,
     )
     ref = torch.empty_like(q_ext, dtype=torch.float32)
     extend_attention_ref(
@@ -204,6 +206,14 @@ EXTEND_SMALL = [
 def test_extend_small(ext_lens, prefix_lens, H, Hkv, D, page_size):
     batch = _make_extend(ext_lens, prefix_lens, H, Hkv, D, page_size, torch.float32, seed=sum(ext_lens) + D)
     o, ref = _run_extend(*batch, max(ext_lens))
+    _check(o, ref, torch.float32)
+
+
+def test_extend_tile_taller_than_key_block():
+    # BLOCK_M = 2 × BLOCK_N：对角线跨两个 key 块，上半行在第二块里整行被屏蔽（不能出 NaN）。
+    # The diagonal spans two key blocks; upper rows are fully masked in the second one.
+    batch = _make_extend([45, 20], [0, 9], 4, 2, 32, 4, torch.float32, seed=13)
+    o, ref = _run_extend(*batch, 45, config=dict(BLOCK_M=32, BLOCK_N=16))
     _check(o, ref, torch.float32)
 
 

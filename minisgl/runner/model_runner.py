@@ -104,6 +104,8 @@ class ModelRunner:
                 raise RuntimeError("no GPU memory left for the KV cache: raise --mem-fraction-static or use a smaller model")
         else:
             n = min(CPU_KV_BUDGET_BYTES // per_token, CPU_MAX_TOTAL_TOKENS)
+        # 超过“所有请求都跑满上下文”的容量没有用处。More than every request at full context is never used.
+        n = min(n, args.max_running_requests * cfg.context_len)
         n = n // self.page_size * self.page_size
         logger.info("KV pool: %d tokens (%.1f MiB, %d bytes/token)", n, n * per_token / 2**20, per_token)
         return n

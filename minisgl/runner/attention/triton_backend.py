@@ -1,0 +1,146 @@
+# ================================================================================
+# ⚡ Triton 注意力后端：在 GPU 上建元数据，调用我们自己写的 Triton 内核
+# ================================================================================
+#
+# 【这个文件是什么】What This File Does
+#   把 ForwardBatch 翻译成 Triton 内核需要的 CSR 元数据（kv_indptr / kv_indices / qo_indptr），
+#   全部在 GPU 上构建（没有主机同步），然后调用 triton_ops 里的 extend / decode 内核。
+#   decode 的元数据写进固定地址的缓冲区，所以整个 decode 前向可以被 CUDA graph 录制和回放。
+#   Translates a ForwardBatch into the CSR metadata the Triton kernels read (kv_indptr,
+#   kv_indices, qo_indptr), built on the GPU with no host sync, then calls the extend / decode
+#   kernels. Decode metadata lives in fixed buffers, so a CUDA graph can record and replay it.
+#
+# 【生活比喻】Metaphor
+#   流水线厨房的配菜单：先把每桌要的食材位置（KV 槽位）列成一张连续清单，厨师（内核）照单取料，
+#   不用每次跑去问领班（CPU）。
+#   The prep list of a production kitchen: every table's ingredient locations (KV slots) in one
+#   flat list, so the cooks (kernels) never walk back to ask the host (CPU).
+#
+# 【核心架构】Architecture
+#   req_to_token [max_reqs, ctx]  ──create_kv_indices_kernel──►  kv_indices [Σ len_i]
+#   seq_lens [bs] ──cumsum──► kv_indptr [bs+1]：请求 i 的槽位是 kv_indices[indptr[i]:indptr[i+1]]
+#
+#   EXTEND: kv_* 只列“已缓存前缀”的槽位；新 token 的 K/V 直接从 k/v 张量读（内核第二阶段）。
+#   DECODE: kv_* 列出全部历史（含刚写入的这一个）；split-KV 两阶段内核。
+#
+# 【工作流程】Workflow
+#   1. init_forward_metadata(fb)：建 indptr / indices / split 数（GPU 上）。
+#   2. forward()：写 KV → 调内核 → 输出 [N, H, D]。
+#
+# 【关键概念】Key Concepts
+#   - 不在主机上读 seq_lens：create_kv_indices_kernel 每个请求一个 program，自己从 GPU 上读长度。
+#     No host reads: one program per request reads its own length on the device.
+#   - 固定缓冲区 + 填充：CUDA graph 只认录制时的地址，所以 decode 的元数据总写在同一块内存里。
+#   - max_kv_splits = 16：长序列、小 batch 时把一个序列切成多段并行（flash-decoding 思路）。
+#
+# 【使用方式】Usage
+#   minisgl serve --device cuda --attention-backend triton    （GPU 上的默认 / the GPU default）
+#
+# 【对应章节】Chapter: docs/zh/07-model-inference.md
+# ================================================================================
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from minisgl.runner.attention.triton_ops import decode_attention_fwd, extend_attention_fwd, get_num_kv_splits
+
+MAX_KV_SPLITS = 16
+
+
+@triton.jit
+def create_kv_indices_kernel(
+    req_to_token_ptr,  # [max_reqs, ctx]
+    req_pool_indices_ptr,  # [bs]
+    lens_ptr,  # [bs]：每个请求要列出的槽位数 / slots to list per request
+    kv_indptr_ptr,  # [bs+1]
+    kv_indices_ptr,  # out: [Σ lens]
+    req_to_token_stride: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # 一个 program 负责一个请求：把 req_to_token 的一行前 len 个槽位抄进 kv_indices。
+    # One program per request: copy the first `len` slots of its req_to_token row.
+    pid = tl.program_id(0)
+    row = tl.load(req_pool_indices_ptr + pid)
+    length = tl.load(lens_ptr + pid)
+    out_start = tl.load(kv_indptr_ptr + pid)
+    for start in range(0, length, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < length  # 最后一块可能不满 / the last block may be partial
+        slots = tl.load(req_to_token_ptr + row * req_to_token_stride + offs, mask=mask)
+        tl.store(kv_indices_ptr + out_start + offs, slots, mask=mask)
+
+
+@dataclass
+class TritonMetadata:
+    kv_indptr: torch.Tensor  # [bs+1] int32
+    kv_indices: torch.Tensor  # [≥Σ len] int64
+    qo_indptr: torch.Tensor = None  # [bs+1] int32（extend）
+    num_kv_splits: torch.Tensor = None  # [bs] int32（decode）
+    max_len_extend: int = 0
+
+
+class TritonAttnBackend:
+    """见文件头。See the file header."""
+
+    def __init__(self, model_runner):
+        cfg = model_runner.model_config
+        self.device = model_runner.device
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.req_to_token = model_runner.req_to_token_pool.req_to_token
+        max_bs = model_runner.req_to_token_pool.size
+        self.max_kv_splits = MAX_KV_SPLITS
+        # decode 的固定缓冲区（CUDA graph 需要固定地址）。Fixed decode buffers (CUDA graphs need fixed addresses).
+        self.kv_indptr = torch.zeros(max_bs + 1, dtype=torch.int32, device=self.device)
+        # 共享前缀在每个请求里各列一次，所以上限是 max_bs × ctx，不是池大小。
+        # A shared prefix is listed once per request, so the bound is max_bs × ctx, not the pool size.
+        self.kv_indices = torch.zeros(max_bs * self.req_to_token.shape[1], dtype=torch.int64, device=self.device)
+        self.num_kv_splits = torch.ones(max_bs, dtype=torch.int32, device=self.device)
+        self.attn_logits = torch.empty(max_bs, self.num_heads, MAX_KV_SPLITS, self.head_dim,
+                                       dtype=torch.float32, device=self.device)
+        self.attn_lse = torch.empty(max_bs, self.num_heads, MAX_KV_SPLITS, dtype=torch.float32, device=self.device)
+
+    def _fill_indices(self, req_pool_indices, lens, kv_indptr, kv_indices) -> None:
+        bs = len(req_pool_indices)
+        kv_indptr[0] = 0
+        torch.cumsum(lens, dim=0, out=kv_indptr[1 : bs + 1])
+        create_kv_indices_kernel[(bs,)](
+            self.req_to_token, req_pool_indices, lens, kv_indptr, kv_indices,
+            self.req_to_token.stride(0), BLOCK=512,
+        )
+
+    def init_forward_metadata(self, fb) -> None:
+        bs = fb.batch_size
+        if fb.forward_mode.is_decode():
+            self._fill_indices(fb.req_pool_indices, fb.seq_lens, self.kv_indptr, self.kv_indices)
+            self.num_kv_splits[:bs].copy_(get_num_kv_splits(fb.seq_lens, self.max_kv_splits, self.num_kv_heads))
+            fb.attn_metadata = TritonMetadata(self.kv_indptr[: bs + 1], self.kv_indices,
+                                              num_kv_splits=self.num_kv_splits[:bs])
+            return
+        prefix_lens = torch.tensor(fb.extend_prefix_lens, dtype=torch.int32, device=self.device)
+        extend_lens = torch.tensor(fb.extend_seq_lens, dtype=torch.int32, device=self.device)
+        kv_indptr = torch.zeros(bs + 1, dtype=torch.int32, device=self.device)
+        kv_indices = torch.empty(max(sum(fb.extend_prefix_lens), 1), dtype=torch.int64, device=self.device)
+        self._fill_indices(fb.req_pool_indices, prefix_lens, kv_indptr, kv_indices)
+        qo_indptr = torch.zeros(bs + 1, dtype=torch.int32, device=self.device)
+        torch.cumsum(extend_lens, dim=0, out=qo_indptr[1:])
+        fb.attn_metadata = TritonMetadata(kv_indptr, kv_indices, qo_indptr=qo_indptr,
+                                          max_len_extend=max(fb.extend_seq_lens))
+
+    def forward(self, q, k, v, layer_id: int, scaling: float, fb) -> torch.Tensor:
+        pool = fb.token_to_kv_pool
+        pool.set_kv_buffer(layer_id, fb.out_cache_loc, k, v)
+        k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
+        md: TritonMetadata = fb.attn_metadata
+        o = torch.empty_like(q)
+        if fb.forward_mode.is_decode():
+            bs = fb.batch_size
+            decode_attention_fwd(q, k_buf, v_buf, o, md.kv_indptr, md.kv_indices, self.attn_logits[:bs],
+                                 self.attn_lse[:bs], md.num_kv_splits, self.max_kv_splits, scaling)
+        else:
+            extend_attention_fwd(q, k.contiguous(), v.contiguous(), o, k_buf, v_buf, md.qo_indptr, md.kv_indptr,
+                                 md.kv_indices, md.max_len_extend, scaling)
+        return o
