@@ -67,8 +67,10 @@
 #         K+V: bs × L × Hkv × D × 2 × sizeof(dtype)   (+ kv_indices 4–8 B/token)
 #         partials: bs × H × splits × (D+1) × 4 B × 2 (写+读)，很小 / small
 #     例 Qwen3-0.6B 一层：bs=64, L=2048, Hkv=8, D=128, bf16 → 64·2048·8·128·2·2 B ≈ 537 MB，
-#     H100 拷贝带宽 ~3 TB/s（读+写）→ 下限约 0.18 ms/层。实测见 bench/kernels.py。
-#     E.g. one Qwen3-0.6B layer at bs 64, L 2048: ≈ 537 MB → ≥ 0.18 ms at ~3 TB/s.
+#     H100 拷贝带宽 ~3 TB/s（读+写）→ 下限约 0.18 ms/层；实测 0.199 ms（2.7 TB/s，拷贝的 90%）；
+#     bs 256 × 4k：1.44 ms，2.98 TB/s ≈ 拷贝带宽的 99%（H100, 2026-11, bench/kernels.py）。
+#     E.g. one Qwen3-0.6B layer at bs 64, L 2048: ≈ 537 MB → ≥ 0.18 ms at ~3 TB/s;
+#     measured 0.199 ms (90% of copy); bs 256 × 4k: 1.44 ms, 99% of copy (H100, bench/kernels.py).
 #   - 累加一律用 float32：bf16 只有 8 位尾数，几千项相加会丢精度；exp 的动态范围也要 fp32。
 #     Accumulate in float32: bf16 has 8 mantissa bits and would lose thousands of small terms.
 #
