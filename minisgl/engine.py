@@ -14,10 +14,12 @@
 #   A self-service kitchen: no waiter (HTTP server); hand the order in and wait at the window.
 #
 # 【核心架构】Architecture
-#   Engine
+#   Engine(mode="inprocess")（默认 / default）
 #    ├─ tokenizer                  normalize_requests()：文字 → token ids，参数校验
 #    ├─ scheduler: Scheduler       step()：prefill / decode / retract
 #    └─ IncrementalDetokenizer ×N  token ids → 文字（含 stop 字符串裁剪）
+#   Engine(mode="server")
+#    └─ _ServerHandle ── 子进程 `minisgl serve --port <空闲端口>`（三进程）── HTTP /generate
 #
 # 【工作流程】Workflow
 #   1. generate(prompt | [prompts] | input_ids=…, sampling_params=…, stream=False)
@@ -27,6 +29,8 @@
 #      流式：返回迭代器，每次产出增量 {"text": 新增文字, "output_ids": 新增 ids, "meta_info", "index"}。
 #
 # 【关键概念】Key Concepts
+#   - mode="server"：同样的 generate()/flush_cache()/shutdown()，但请求走 HTTP 到真正的三进程服务器，
+#     和线上部署的路径一模一样。The same API over HTTP to a real three-process server.
 #   - meta_info：id、finish_reason、prompt_tokens、completion_tokens、cached_tokens（DESIGN.md §3）。
 #   - 中途放弃流式迭代器（break）会 abort 剩余请求并释放 KV，不会泄漏。
 #     Abandoning a stream aborts its requests and frees their KV.
@@ -41,6 +45,12 @@
 # ================================================================================
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Union
 
@@ -64,11 +74,17 @@ class _ReqState:
         self.finished = False
         self.created = time.perf_counter()
 
-    def update(self, out: BatchTokenIDOut, i: int) -> Dict[str, Any]:
-        """吸收调度器的一条输出，返回增量。Absorb one scheduler output; return the delta."""
+    def update(self, out: BatchTokenIDOut, i: int) -> Optional[Dict[str, Any]]:
+        """吸收调度器的一条输出，返回增量（非流式且未结束时返回 None）。
+
+        Absorb one scheduler output; return the delta, or None for a running non-streaming
+        request (nobody reads it, and this runs for every request at every step).
+        """
         new_ids = out.output_ids[i]
         self.output_ids.extend(new_ids)
         reason = out.finished_reasons[i]
+        if not self.stream and reason is None:
+            return None
         if self.stream:
             self.detok.append(new_ids)
         elif reason is not None:
@@ -95,16 +111,25 @@ class _ReqState:
 class Engine:
     """minisgl 的离线入口（见文件头）。The offline entry point; see the file header."""
 
-    def __init__(self, model_path: Optional[str] = None, **server_args):
+    def __init__(self, model_path: Optional[str] = None, mode: str = "inprocess", **server_args):
         from minisgl.model.config import ModelConfig
         from minisgl.runner.model_runner import ModelRunner
         from minisgl.scheduler.scheduler import Scheduler
         from minisgl.utils import load_tokenizer
 
-        self.server_args = args = ServerArgs.from_kwargs(model_path=model_path, **server_args).resolve()
+        if mode not in ("inprocess", "server"):
+            raise ValueError(f"mode must be 'inprocess' or 'server', got {mode!r}")
+        given = ServerArgs.from_kwargs(model_path=model_path, **server_args)
+        self.server_args = args = given.resolve()
         # 先读配置：模型目录有问题时，错误信息先说模型。Config first, so a bad folder is reported as such.
         self.model_config = ModelConfig.from_pretrained(args.model_path, args.context_length)
         self.tokenizer = load_tokenizer(args.tokenizer_path)
+        self.mode = mode
+        self._server: Optional[_ServerHandle] = None
+        if mode == "server":  # 三进程服务器，走 HTTP / the three-process server, over HTTP
+            self.scheduler = None
+            self._server = _ServerHandle(given)
+            return
         runner = ModelRunner(args, self.model_config)
         self.scheduler = Scheduler(args, model_runner=runner, tokenizer=self.tokenizer)
 
@@ -118,6 +143,8 @@ class Engine:
         rid: Optional[Union[str, List[str]]] = None,
     ):
         """生成文字（见文件头的工作流程）。Generate text; see the workflow in the file header."""
+        if self._server is not None:
+            return self._server.generate(prompt, sampling_params, input_ids, stream, rid)
         obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params, stream=stream, rid=rid)
         is_batch, reqs, _ = normalize_requests(self.tokenizer, obj, self.model_config.vocab_size,
                                                self.model_config.context_len)
@@ -140,13 +167,18 @@ class Engine:
 
     def _run(self, states: Dict[str, _ReqState], order: List[str]) -> Iterator[Dict[str, Any]]:
         index = {rid: i for i, rid in enumerate(order)}
+        remaining = len(states)
         try:
-            while not all(s.finished for s in states.values()):
+            while remaining:
                 step = self.scheduler.step()
                 out = step.out
                 for i, rid in enumerate(out.rids):
-                    if rid in states:
-                        delta = states[rid].update(out, i)
+                    state = states.get(rid)
+                    if state is None or state.finished:
+                        continue
+                    delta = state.update(out, i)
+                    remaining -= state.finished
+                    if delta is not None:
                         delta["index"] = index[rid]
                         yield delta
                 if step.forward_mode is None and not len(out) and not self.scheduler.has_work():
@@ -166,17 +198,133 @@ class Engine:
 
     # ======== 管理 / Maintenance ========
     def flush_cache(self) -> bool:
+        if self._server is not None:
+            return self._server.client.post("/flush_cache").status_code == 200
         return self.scheduler.flush_cache()
 
     def get_server_info(self) -> Dict[str, Any]:
+        if self._server is not None:
+            return _checked(self._server.client.get("/get_server_info")).json()
         return {**self.scheduler.get_stats(), "model_path": self.server_args.model_path}
 
     def shutdown(self) -> None:
-        """释放模型与 KV 池。Release the model and the KV pool."""
+        """释放模型与 KV 池（服务器模式：停掉三个进程）。Release the model and KV pool (server: stop the processes)."""
         self.scheduler = None
+        if self._server is not None:
+            self._server.shutdown()
 
     def __enter__(self) -> "Engine":
         return self
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+# ======== mode="server"：三进程服务器的句柄 / a handle on the three-process server ========
+STARTUP_TIMEOUT_S = 600
+
+
+def _checked(resp):
+    """HTTP 错误 → 与进程内模式相同的异常。HTTP errors → the same exceptions as in-process mode."""
+    if resp.status_code == 200:
+        return resp
+    try:
+        message = resp.json()["error"]["message"]
+    except Exception:
+        message = resp.text
+    if resp.status_code == 400:
+        raise ValueError(message)
+    raise RuntimeError(f"HTTP {resp.status_code}: {message}")
+
+
+def _cli_flags(args: ServerArgs) -> List[str]:
+    """把非默认的参数写回命令行。Non-default arguments back into CLI flags."""
+    flags = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if value == f.default or f.name == "port":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        flags += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return flags
+
+
+class _ServerHandle:
+    """启动 `minisgl serve` 子进程，经 HTTP 调用它。Starts `minisgl serve` and talks to it over HTTP."""
+
+    def __init__(self, args: ServerArgs):
+        import httpx
+
+        from minisgl.utils import get_free_port
+
+        port = args.port if args.port != ServerArgs.port else get_free_port()
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        cmd = [sys.executable, "-m", "minisgl", "serve", *_cli_flags(args), "--port", str(port)]
+        self.proc = subprocess.Popen(cmd)
+        self.url = f"http://{host}:{port}"
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        self.client = httpx.Client(base_url=self.url, timeout=None, headers=headers)
+        atexit.register(self.shutdown)  # 忘了 shutdown() 也不留下服务器 / no server left behind
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the minisgl server exited during start-up (exit code {self.proc.returncode})")
+            try:
+                if self.client.get("/health", timeout=30).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.shutdown()
+                raise TimeoutError(f"the minisgl server did not become healthy in {STARTUP_TIMEOUT_S} s")
+            time.sleep(0.1)
+
+    def generate(self, prompt, sampling_params, input_ids, stream: bool, rid):
+        def as_dict(p):
+            return p.to_dict() if hasattr(p, "to_dict") else p
+
+        params = [as_dict(p) for p in sampling_params] if isinstance(sampling_params, list) else as_dict(sampling_params)
+        payload = {"text": prompt, "input_ids": input_ids, "sampling_params": params, "stream": stream, "rid": rid}
+        if not stream:
+            return _checked(self.client.post("/generate", json=payload)).json()
+        # 先发请求并检查状态码：坏输入在调用时就报错，与进程内模式一致。
+        # Send now and check the status: bad input raises at call time, as in-process.
+        resp = self.client.send(self.client.build_request("POST", "/generate", json=payload), stream=True)
+        if resp.status_code != 200:
+            resp.read()
+            resp.close()
+            _checked(resp)
+        return self._deltas(resp)
+
+    @staticmethod
+    def _deltas(resp) -> Iterator[Dict[str, Any]]:
+        """SSE 的累计值 → 增量（与进程内的流式输出同形）。Cumulative SSE → deltas, shaped as in-process."""
+        sent: Dict[int, tuple] = {}
+        try:
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    return
+                obj = json.loads(line[len("data: "):])
+                if "error" in obj:
+                    raise RuntimeError(obj["error"]["message"])
+                i = obj.get("index", 0)
+                t0, n0 = sent.get(i, (0, 0))
+                sent[i] = (len(obj["text"]), len(obj["output_ids"]))
+                delta = {"text": obj["text"][t0:], "output_ids": obj["output_ids"][n0:], "meta_info": obj["meta_info"],
+                         "index": i}
+                if delta["text"] or delta["output_ids"] or obj["meta_info"]["finish_reason"]:
+                    yield delta
+        finally:
+            resp.close()  # 提前放弃 → 服务器看到断开并 abort / giving up early → the server aborts
+
+    def shutdown(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.client.close()
