@@ -8,8 +8,13 @@ import random
 
 import pytest
 
-from minisgl import Engine
+from minisgl import Engine as _Engine
 from tests.conftest import assert_pool_whole, hf_greedy
+
+
+def Engine(path, **kw):
+    """这些是 CPU float32 参考测试（GPU 上的版本见 test_gpu.py）。CPU float32 reference tests."""
+    return _Engine(path, device="cpu", dtype="float32", **kw)
 
 MAX_NEW = 16
 
