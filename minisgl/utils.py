@@ -13,6 +13,7 @@
 # 【核心架构】Architecture
 #   load_tokenizer(path) ──► transformers.AutoTokenizer（清楚的错误信息 / clear errors）
 #   get_free_port()       ──► 本机空闲 TCP 端口（测试用）/ a free localhost port (tests)
+#   to_device(list, …)    ──► 设备张量，不隐式同步 GPU / a device tensor without a hidden GPU sync
 #
 # 【工作流程】Workflow
 #   直接调用。Call directly.
@@ -41,6 +42,24 @@ def load_tokenizer(path: str):
     if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise FileNotFoundError(f"no tokenizer files (tokenizer.json / vocab.json) in {path!r}")
     return AutoTokenizer.from_pretrained(path)
+
+
+def to_device(data, dtype, device) -> "torch.Tensor":
+    """Python 列表（或 CPU 张量）→ 设备张量，不阻塞主机。A list or CPU tensor → a device tensor, host not blocked.
+
+    `torch.tensor(data, device="cuda")` copies from pageable memory and waits for every kernel
+    already queued on the stream: one hidden GPU sync per call, several per scheduler step.
+    Building the tensor in pinned host memory and copying with non_blocking=True lets the CPU
+    move on while the GPU is still busy (the caching host allocator keeps the buffer alive).
+    """
+    import torch
+
+    if isinstance(data, torch.Tensor) and (data.is_cuda or not str(device).startswith("cuda")):
+        return data.to(device=device, dtype=dtype)  # 已在目标设备，或目标是 CPU / nothing to pin
+    if str(device).startswith("cuda"):
+        host = data.to(dtype) if isinstance(data, torch.Tensor) else torch.tensor(data, dtype=dtype)
+        return host.pin_memory().to(device, non_blocking=True)
+    return torch.tensor(data, dtype=dtype, device=device)
 
 
 def get_free_port() -> int:

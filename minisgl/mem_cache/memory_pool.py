@@ -85,7 +85,9 @@ class ReqToTokenPool:
 
     def write(self, idx: int, start: int, values: torch.Tensor) -> None:
         """把一段槽位写进第 idx 行。Write slots into row idx starting at column start."""
-        self.req_to_token[idx, start : start + len(values)] = values.to(self.req_to_token.device)
+        from minisgl.utils import to_device
+
+        self.req_to_token[idx, start : start + len(values)] = to_device(values, torch.int64, self.req_to_token.device)
 
     def clear(self) -> None:
         self.free_slots = list(range(1, self.size))

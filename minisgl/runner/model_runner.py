@@ -47,6 +47,7 @@ from minisgl.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool, TokenTo
 from minisgl.model import ModelConfig, load_model
 from minisgl.runner.forward_batch import ForwardBatch
 from minisgl.server_args import ServerArgs
+from minisgl.utils import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,6 @@ class ModelRunner:
         self.attn_backend.init_forward_metadata(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb)  # [N, hidden]
         if fb.forward_mode.is_extend():
-            last = torch.tensor(fb.extend_seq_lens, device=hidden.device).cumsum(0) - 1  # [bs]
+            last = to_device(fb.extend_seq_lens, torch.int64, hidden.device).cumsum(0) - 1  # [bs]
             hidden = hidden[last]
         return self.model.compute_logits(hidden)

@@ -49,6 +49,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from minisgl.sampling.sampling_params import SamplingParams
+from minisgl.utils import to_device
 
 
 @dataclass
@@ -70,10 +71,10 @@ class SamplingBatchInfo:
         ps: List[SamplingParams] = [r.sampling_params for r in reqs]
         top_ks = [vocab_size if p.top_k < 0 else min(p.top_k, vocab_size) for p in ps]
         return cls(
-            temperatures=torch.tensor([[max(p.temperature, 1e-6)] for p in ps], dtype=torch.float32, device=device),
-            top_ps=torch.tensor([p.top_p for p in ps], dtype=torch.float32, device=device),
-            top_ks=torch.tensor(top_ks, dtype=torch.int64, device=device),
-            min_ps=torch.tensor([p.min_p for p in ps], dtype=torch.float32, device=device),
+            temperatures=to_device([[max(p.temperature, 1e-6)] for p in ps], torch.float32, device),
+            top_ps=to_device([p.top_p for p in ps], torch.float32, device),
+            top_ks=to_device(top_ks, torch.int64, device),
+            min_ps=to_device([p.min_p for p in ps], torch.float32, device),
             is_greedy=[p.is_greedy for p in ps],
             generators=[getattr(r, "generator", None) for r in reqs],
             need_top_k=any(k < vocab_size for k in top_ks),
@@ -161,7 +162,7 @@ class Sampler:
             # 指数竞赛（exponential race）：argmax(p_i / E_i)，E_i ~ Exp(1)，与按 p 抽样同分布，且整批一次完成。
             # The exponential race argmax(p_i / E_i) samples from p, for the whole batch in one kernel.
             sampled = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
-            greedy = torch.tensor(info.is_greedy, device=logits.device)
+            greedy = to_device(info.is_greedy, torch.bool, logits.device)
             next_ids = torch.where(greedy, next_ids, sampled)
             for i, gen in enumerate(info.generators):
                 if gen is not None and not info.is_greedy[i]:

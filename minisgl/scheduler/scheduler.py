@@ -71,6 +71,7 @@ from minisgl.sampling.sampler import Sampler
 from minisgl.scheduler.schedule_batch import FINISH_ABORT, Req
 from minisgl.scheduler.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
 from minisgl.server_args import ServerArgs
+from minisgl.utils import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -311,11 +312,11 @@ class Scheduler:
         return ForwardBatch(
             forward_mode=mode,
             batch_size=len(reqs),
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            out_cache_loc=out_cache_loc.to(dev),
-            req_pool_indices=torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=dev),
+            input_ids=to_device(input_ids, torch.int64, dev),
+            positions=to_device(positions, torch.int64, dev),
+            out_cache_loc=to_device(out_cache_loc, torch.int64, dev),
+            req_pool_indices=to_device([r.req_pool_idx for r in reqs], torch.int64, dev),
+            seq_lens=to_device(seq_lens, torch.int64, dev),
             seq_lens_cpu=seq_lens,
             extend_prefix_lens=prefix_lens,
             extend_seq_lens=extend_lens,
@@ -382,8 +383,8 @@ class Scheduler:
         """
         dev = self.model_runner.device
         kv_lens = [r.kv_len for r in reqs]
-        rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64, device=dev)
-        cols = torch.tensor(kv_lens, dtype=torch.int64, device=dev)
+        rows = to_device([r.req_pool_idx for r in reqs], torch.int64, dev)
+        cols = to_device(kv_lens, torch.int64, dev)
         req_to_token = self.req_to_token_pool.req_to_token
         if self.page_size == 1:
             last_locs = [-1] * len(reqs)  # 每个 token 自成一页，不需要上一个槽位 / no page to continue
@@ -395,7 +396,7 @@ class Scheduler:
             self.tree_cache.evict(self._decode_slots_needed(reqs))
             locs = alloc.alloc_decode([k + 1 for k in kv_lens], last_locs)
         assert locs is not None, "update_running_batch guarantees decode memory"
-        req_to_token[rows, cols] = locs.to(dev)
+        req_to_token[rows, cols] = to_device(locs, torch.int64, dev)
         return self._make_forward_batch(ForwardMode.DECODE, reqs, [r.output_ids[-1] for r in reqs], kv_lens,
                                         locs, kv_lens, [1] * len(reqs))
 

@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from minisgl.utils import to_device
 from minisgl.runner.attention.triton_ops import decode_attention_fwd, extend_attention_fwd, get_num_kv_splits
 
 MAX_KV_SPLITS = 16
@@ -120,8 +121,8 @@ class TritonAttnBackend:
             fb.attn_metadata = TritonMetadata(self.kv_indptr[: bs + 1], self.kv_indices,
                                               num_kv_splits=self.num_kv_splits[:bs])
             return
-        prefix_lens = torch.tensor(fb.extend_prefix_lens, dtype=torch.int32, device=self.device)
-        extend_lens = torch.tensor(fb.extend_seq_lens, dtype=torch.int32, device=self.device)
+        prefix_lens = to_device(fb.extend_prefix_lens, torch.int32, self.device)
+        extend_lens = to_device(fb.extend_seq_lens, torch.int32, self.device)
         kv_indptr = torch.zeros(bs + 1, dtype=torch.int32, device=self.device)
         kv_indices = torch.empty(max(sum(fb.extend_prefix_lens), 1), dtype=torch.int64, device=self.device)
         self._fill_indices(fb.req_pool_indices, prefix_lens, kv_indptr, kv_indices)

@@ -1,0 +1,100 @@
+"""一步调度里时间花在哪：按阶段计时（阶段边界同步 GPU）+ cProfile 热点。
+Where a scheduler step spends its time: per-phase timers (GPU synced at phase boundaries) and the
+cProfile hot spots. Used to decide what to optimise (measure first).
+
+Usage: python bench/profile_step.py --model-path /tmp/qwen3-0.6b [--bs 1 256] [--steps 200]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import collections
+import functools
+import io
+import pstats
+import random
+import time
+
+import torch
+
+
+def timed(name, fn, acc, sync):
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        sync()
+        t = time.perf_counter()
+        r = fn(*a, **kw)
+        sync()
+        acc[name] += time.perf_counter() - t
+        return r
+
+    return wrapper
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default=None)
+    ap.add_argument("--bs", type=int, nargs="+", default=[1, 256])
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--kernels", action="store_true", help="再用 torch.profiler 列出最耗时的 GPU kernel / list top GPU kernels")
+    a = ap.parse_args()
+    from minisgl import Engine
+
+    engine = Engine(a.model_path)
+    sched = engine.scheduler
+    sync = torch.cuda.synchronize if engine.server_args.device == "cuda" else (lambda: None)
+    rng = random.Random(0)
+    for bs in a.bs:
+        vocab = min(10000, engine.model_config.vocab_size)
+        prompts = [[rng.randrange(vocab) for _ in range(a.prompt_len)] for _ in range(bs)]
+        params = {"max_new_tokens": a.steps, "ignore_eos": True, "temperature": 0}
+        engine.generate(input_ids=prompts[:2], sampling_params={"max_new_tokens": 4})
+        engine.flush_cache()
+        # ======== 阶段计时 / per-phase timers ========
+        acc = collections.defaultdict(float)
+        originals = {}
+        for obj, name in [(sched, "get_new_batch_prefill"), (sched, "update_running_batch"), (sched, "_prepare_decode"),
+                          (sched, "_prepare_extend"), (sched.model_runner, "forward"), (sched, "process_batch_result")]:
+            originals[(obj, name)] = getattr(obj, name)
+            setattr(obj, name, timed(name, getattr(obj, name), acc, sync))
+        sampler = sched.sampler
+        sched.sampler = timed("sampler", sampler, acc, sync)
+        t = time.perf_counter()
+        engine.generate(input_ids=prompts, sampling_params=params)
+        sync()
+        total = time.perf_counter() - t
+        for (obj, name), fn in originals.items():
+            setattr(obj, name, fn)
+        sched.sampler = sampler
+        steps = sched.forward_ct
+        print(f"\n=== bs={bs} prompt={a.prompt_len} new={a.steps}: total {total:.3f}s ===")
+        for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:24s} {v * 1e3:9.1f} ms")
+        print(f"  {'(other)':24s} {(total - sum(acc.values())) * 1e3:9.1f} ms")
+        # ======== cProfile（不同步，真实流水）/ cProfile, unsynced ========
+        engine.flush_cache()
+        prof = cProfile.Profile()
+        prof.enable()
+        t = time.perf_counter()
+        engine.generate(input_ids=prompts, sampling_params=params)
+        sync()
+        total = time.perf_counter() - t
+        prof.disable()
+        print(f"  unsynced total {total:.3f}s = {total / a.steps * 1e3:.2f} ms/step (decode-dominated)")
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(22)
+        print("\n".join(s.getvalue().splitlines()[6:40]))
+        engine.flush_cache()
+        if a.kernels and engine.server_args.device == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+                engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 32})
+                sync()
+            print(p.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+            engine.flush_cache()
+
+
+if __name__ == "__main__":
+    main()
