@@ -14,6 +14,7 @@
 #
 # 【核心架构】Architecture
 #   RMSNorm(x) = x / sqrt(mean(x²) + eps) * weight           （在 float32 里算 / computed in float32）
+#   GPU 上三者都是 fused_ops.py 里的单个 Triton kernel；CPU 上是等价的 torch 代码。
 #   RoPE(q, pos) = q * cos(pos·θ) + rotate_half(q) * sin(pos·θ)   （NeoX 风格：前后两半配对）
 #   MLP(x) = down( silu(gate(x)) * up(x) )
 #
@@ -39,7 +40,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
-import torch.nn.functional as F
+
+from minisgl.model import fused_ops
 
 
 class RMSNorm(nn.Module):
@@ -48,11 +50,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        """residual 给出时先做 residual += x 再归一化，返回 (out, residual)。
+
+        With a residual: residual ← residual + x, then normalise; returns (out, residual).
+        One fused kernel on the GPU (fused_ops.py), plain torch on the CPU.
+        """
+        return fused_ops.rmsnorm(x, self.weight, self.eps, residual)
 
 
 def llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -82,26 +86,22 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_cache", emb.cos(), persistent=False)
         self.register_buffer("sin_cache", emb.sin(), persistent=False)
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([-x2, x1], dim=-1)
-
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        # positions: [N]; q: [N, H, D]; k: [N, Hkv, D]
-        cos = self.cos_cache[positions].unsqueeze(1).to(q.dtype)  # [N, 1, D]
-        sin = self.sin_cache[positions].unsqueeze(1).to(q.dtype)
-        q = q * cos + self._rotate_half(q) * sin
-        k = k * cos + self._rotate_half(k) * sin
-        return q, k
+        # positions: [N]; q: [N, H, D]; k: [N, Hkv, D]。GPU 上原地修改 / in place on the GPU
+        return fused_ops.rope_(q, k, positions, self.cos_cache, self.sin_cache)
 
 
 class MLP(nn.Module):
+    """SwiGLU。gate_proj 与 up_proj 合并成一个 gate_up_proj：一次 GEMM 读一次 x。
+
+    gate_proj and up_proj are stacked into one gate_up_proj (rows [0, I) = gate, [I, 2I) = up):
+    one GEMM instead of two. The loader fills the halves from the checkpoint's two tensors.
+    """
+
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(fused_ops.silu_and_mul(self.gate_up_proj(x)))  # [N, 2I] → [N, I] → [N, hidden]

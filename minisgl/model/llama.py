@@ -4,10 +4,10 @@
 #
 # 【这个文件是什么】What This File Does
 #   用 PyTorch 手写的 Llama 解码器：词嵌入 → N 个解码层（注意力 + MLP）→ 最终 RMSNorm → LM head。
-#   参数名与 Hugging Face 完全相同，所以 safetensors 里的权重可以按名字直接装进来。
+#   参数名沿用 Hugging Face，只有 qkv_proj / gate_up_proj 是合并的（loader 按名字拼装）。
 #   Qwen2（q/k/v 带 bias）和 Qwen3（q/k 各加一个 RMSNorm）只是它的两个小变体。
-#   A hand-written Llama decoder whose parameter names equal Hugging Face's, so checkpoint
-#   tensors load by name. Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm) are two small variants.
+#   A hand-written Llama decoder with Hugging Face's parameter names, except the stacked
+#   qkv_proj / gate_up_proj that the loader assembles from the checkpoint's separate tensors. Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm) are two small variants.
 #
 # 【生活比喻】Metaphor
 #   流水线工厂：每个 token 沿着一排相同的工位（解码层）前进，每个工位先“开会”（注意力：
@@ -20,8 +20,8 @@
 #    ├─ model: LlamaModel
 #    │   ├─ embed_tokens            [V, hidden]
 #    │   ├─ layers[i]: LlamaDecoderLayer
-#    │   │    ├─ input_layernorm → self_attn (q/k/v/o_proj, [q_norm,k_norm], RoPE, attn_backend)
-#    │   │    └─ post_attention_layernorm → mlp (gate/up/down_proj)
+#    │   │    ├─ input_layernorm → self_attn (qkv_proj, [q_norm,k_norm], RoPE, attn_backend, o_proj)
+#    │   │    └─ post_attention_layernorm → mlp (gate_up_proj, SiLU·mul, down_proj)
 #    │   └─ norm
 #    └─ lm_head                      [V, hidden]（tie_word_embeddings 时与 embed_tokens 共享）
 #
@@ -58,9 +58,10 @@ class LlamaAttention(nn.Module):
         self.layer_id, self.num_heads, self.num_kv_heads, self.head_dim = layer_id, H, Hkv, D
         self.scaling = D**-0.5
         bias = config.attention_bias
-        self.q_proj = nn.Linear(hidden, H * D, bias=bias)
-        self.k_proj = nn.Linear(hidden, Hkv * D, bias=bias)
-        self.v_proj = nn.Linear(hidden, Hkv * D, bias=bias)
+        # q/k/v 三个投影合并成一个 GEMM（行：q | k | v），加载时由 loader 拼好。
+        # q/k/v stacked into one GEMM (rows: q | k | v); the loader fills the three parts.
+        self.q_size, self.kv_size = H * D, Hkv * D
+        self.qkv_proj = nn.Linear(hidden, self.q_size + 2 * self.kv_size, bias=bias)
         self.o_proj = nn.Linear(H * D, hidden, bias=False)
         self.qk_norm = qk_norm
         if qk_norm:  # Qwen3
@@ -70,9 +71,11 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, forward_batch) -> torch.Tensor:
         N = x.shape[0]
-        q = self.q_proj(x).view(N, self.num_heads, self.head_dim)  # [N, H, D]
-        k = self.k_proj(x).view(N, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
-        v = self.v_proj(x).view(N, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        qkv = self.qkv_proj(x)  # [N, (H + 2·Hkv)·D]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(N, self.num_heads, self.head_dim)  # [N, H, D]
+        k = k.view(N, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
+        v = v.view(N, self.num_kv_heads, self.head_dim)  # [N, Hkv, D]
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
@@ -90,9 +93,19 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, h: torch.Tensor, forward_batch) -> torch.Tensor:
-        h = h + self.self_attn(positions, self.input_layernorm(h), forward_batch)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, positions: torch.Tensor, h: torch.Tensor, residual, forward_batch):
+        """残差流与 HF 相同，只是把“加残差”推迟到下一个 RMSNorm 里融合完成。
+
+        Same residual stream as HF (h = h + attn(norm(h)); h = h + mlp(norm(h))), with each add
+        deferred into the next RMSNorm, which fuses it: returns (mlp output, residual).
+        """
+        if residual is None:  # 第一层：残差就是输入 / first layer: the residual is the input
+            residual, h = h, self.input_layernorm(h)
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = self.self_attn(positions, h, forward_batch)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -106,10 +119,10 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch) -> torch.Tensor:
-        h = self.embed_tokens(input_ids)  # [N, hidden]
+        h, residual = self.embed_tokens(input_ids), None  # [N, hidden]
         for layer in self.layers:
-            h = layer(positions, h, forward_batch)
-        return self.norm(h)
+            h, residual = layer(positions, h, residual, forward_batch)
+        return self.norm(h, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

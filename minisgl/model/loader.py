@@ -19,7 +19,8 @@
 # 【工作流程】Workflow
 #   1. 找到所有 *.safetensors；没有就报错。Find the shards or fail.
 #   2. 在目标设备上建模型。Build the model on the target device.
-#   3. 逐个张量拷贝（跳过 rotary 的缓存和共享的 lm_head）。Copy tensor by tensor.
+#   3. 逐个张量拷贝（跳过 rotary 的缓存和共享的 lm_head）；q/k/v、gate/up 拷进合并参数的对应行段。
+#      Copy tensor by tensor; q/k/v and gate/up go into their row range of the stacked parameter.
 #   4. 检查没有漏装的参数，再转成目标 dtype、eval()。Check completeness, cast, eval().
 #
 # 【关键概念】Key Concepts
@@ -44,6 +45,11 @@ from minisgl.model.llama import LlamaForCausalLM
 from minisgl.model.qwen2 import Qwen2ForCausalLM
 from minisgl.model.qwen3 import Qwen3ForCausalLM
 
+# 检查点里分开的张量 → 模型里合并的参数与分片序号（同 SGLang 的 stacked_params_mapping）。
+# Separate checkpoint tensors → the stacked parameter and the shard index (SGLang's stacked_params_mapping).
+STACKED_PARAMS = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+                  "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+
 MODEL_REGISTRY = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
@@ -67,15 +73,37 @@ def load_model(config: ModelConfig, dtype: torch.dtype, device: str) -> nn.Modul
             for name in f.keys():
                 if "rotary_emb" in name or (name == "lm_head.weight" and config.tie_word_embeddings):
                     continue
-                if name not in params:
-                    raise ValueError(f"unexpected weight {name!r} in {os.path.basename(path)} for {config.architecture}")
+                target, dest = _destination(name, params, config)
                 tensor = f.get_tensor(name)
-                if tensor.shape != params[name].shape:
-                    raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}")
+                if tensor.shape != dest.shape:
+                    raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
                 with torch.no_grad():
-                    params[name].copy_(tensor)
+                    dest.copy_(tensor)
                 loaded.add(name)
-    missing = sorted(set(params) - loaded - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
+    expected = set()
+    for pname in params:  # 合并参数对应的检查点名字 / checkpoint names behind each stacked parameter
+        parts = [k for k, (stacked, _) in STACKED_PARAMS.items() if f".{stacked}." in pname]
+        expected |= {pname.replace(STACKED_PARAMS[k][0], k) for k in parts} if parts else {pname}
+    missing = sorted(expected - loaded - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
     if missing:
         raise ValueError(f"checkpoint {config.model_path!r} is missing weights: {missing[:5]}{' …' if len(missing) > 5 else ''}")
     return model.to(dtype).eval()
+
+
+def _destination(name: str, params: dict, config: ModelConfig):
+    """检查点张量名 → 它要拷进的参数切片。A checkpoint tensor's name → the parameter slice it fills."""
+    for part, (stacked, shard) in STACKED_PARAMS.items():
+        if f".{part}." in name:
+            pname = name.replace(part, stacked)
+            if pname not in params:
+                break
+            if stacked == "qkv_proj":
+                q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+                sizes = [q, kv, kv]
+            else:
+                sizes = [config.intermediate_size] * 2
+            start = sum(sizes[:shard])
+            return pname, params[pname].narrow(0, start, sizes[shard])  # 按行切 / rows of the stacked weight
+    if name not in params:
+        raise ValueError(f"unexpected weight {name!r} for {config.architecture}")
+    return name, params[name]
