@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/minisgl-out}; mkdir -p "$OUT"
 steps=" $* "
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())"
 if [[ $steps == *" tests "* ]]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_triton_backend.py tests/test_gpu.py \
+  python3 -m pytest -q -p no:cacheprovider tests/test_fused_ops.py tests/test_triton_kernels.py tests/test_triton_backend.py tests/test_gpu.py \
     -s 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "passed|failed|error|bf16|Error" | tail -20
 fi
 if [[ $steps == *" latency "* || $steps == *" throughput "* ]]; then
