@@ -17,6 +17,10 @@
 #   A simultaneous interpreter: translate while listening, but speak a phrase only once it is complete.
 #
 # 【核心架构】Architecture
+#   服务器模式：DetokenizerManager 是独立进程，每个请求一个 IncrementalDetokenizer。
+#   Server mode: the DetokenizerManager process keeps one IncrementalDetokenizer per request.
+#     Scheduler ─BatchTokenIDOut─► DetokenizerManager ─BatchStrOut─► TokenizerManager
+#
 #   output_ids:  [ … 已输出 … | surr_offset … read_offset | 新 token … ]
 #                                └── 上下文 context ──┘      └─ 待确认 pending ─┘
 #   new_text = decode(ids[surr:]) − decode(ids[surr:read])   （不以 \ufffd 结尾才接受）
@@ -35,12 +39,15 @@
 # 【使用方式】Usage
 #   >>> d = IncrementalDetokenizer(tokenizer)
 #   >>> for t in ids: print(d.append([t]), end="")
+#   >>> DetokenizerManager(tokenizer).handle(batch_token_id_out)   # → BatchStrOut
 #
 # 【对应章节】Chapter: docs/zh/05-tokenization.md
 # ================================================================================
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
+
+from minisgl.io_struct import BatchStrOut, BatchTokenIDOut
 
 INIT_INCREMENTAL_DETOKENIZATION_OFFSET = 5  # 初始上下文 token 数（同 SGLang）/ initial context tokens
 
@@ -119,3 +126,89 @@ def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
                 hold = max(hold, k)
                 break
     return hold
+
+
+class DetokenizerManager:
+    """反分词进程的核心：BatchTokenIDOut → BatchStrOut（与离线 Engine 逐字相同）。
+
+    The detokenizer process's core: BatchTokenIDOut → BatchStrOut, character for character what
+    the offline Engine produces. One IncrementalDetokenizer per live request, dropped when it ends.
+
+    非流式请求（同离线 Engine）：中途不解码，只在第一个 token（给 TTFT 指标）和结束时各发一条。
+    Non-streaming requests (as in the offline Engine) are not decoded midway: one entry at the first
+    token (for the TTFT metric) and one at the end, which decodes everything once.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.states: Dict[str, IncrementalDetokenizer] = {}
+        self.held: Dict[str, List[int]] = {}  # 非流式：全部输出 token / non-stream: every output id so far
+        self.sent: Dict[str, int] = {}  # 非流式：已发出的 token 数 / non-stream: ids already sent
+
+    def handle(self, out: BatchTokenIDOut) -> BatchStrOut:
+        res = BatchStrOut()
+        for i, rid in enumerate(out.rids):
+            detok = self.states.get(rid)
+            if detok is None:
+                detok = self.states[rid] = IncrementalDetokenizer(
+                    self.tokenizer, out.prompt_tails[i], out.skip_special_tokens[i], out.stop_strs[i])
+            new_ids, reason = out.output_ids[i], out.finished_reasons[i]
+            finished = reason is not None
+            if out.streams[i]:
+                detok.append(new_ids)
+            else:
+                held = self.held.setdefault(rid, [])
+                held.extend(new_ids)
+                first = bool(new_ids) and len(held) == len(new_ids)
+                if not finished and not first:
+                    continue  # 没人在读：不解码、不发送 / nobody reads it: no decode, no message
+                if finished:
+                    detok.append(held)  # 一次解码全部（同离线 Engine）/ decode all at once (as the Engine)
+                new_ids, self.sent[rid] = held[self.sent.get(rid, 0):], len(held)
+            if finished:
+                detok.flush()
+                del self.states[rid]  # 请求结束：状态随之释放 / the request ended: drop its state
+                self.held.pop(rid, None)
+                self.sent.pop(rid, None)
+            matched = reason.get("matched") if reason and isinstance(reason.get("matched"), str) else None
+            res.rids.append(rid)
+            res.texts.append(detok.take(finished, matched))
+            res.output_ids.append(list(new_ids))
+            res.finished.append(finished)
+            res.meta_info.append({"id": rid, "finish_reason": reason, "prompt_tokens": out.prompt_tokens[i],
+                                  "completion_tokens": out.completion_tokens[i],
+                                  "cached_tokens": out.cached_tokens[i]})
+        return res
+
+
+def run_detokenizer_process(server_args, ipc, ready_writer) -> None:
+    """反分词进程入口（由 launch.py 以 spawn 启动）。Entry of the detokenizer process (spawned by launch.py).
+
+    【工作流程】Workflow
+      1. 加载分词器，绑定 PULL（来自调度器），连接 PUSH（去 TokenizerManager），报告就绪。
+      2. 循环：阻塞接收 BatchTokenIDOut → handle() → 发送 BatchStrOut。
+    """
+    import zmq
+
+    from minisgl.server.launch import child_process_setup, report_startup_error
+    from minisgl.utils import configure_logging, load_tokenizer
+
+    child_process_setup()
+    configure_logging(server_args.log_level)
+    try:
+        manager = DetokenizerManager(load_tokenizer(server_args.tokenizer_path))
+        ctx = zmq.Context()
+        recv = ctx.socket(zmq.PULL)
+        recv.bind(ipc.detokenizer)
+        send = ctx.socket(zmq.PUSH)
+        send.connect(ipc.tokenizer)
+    except Exception:
+        report_startup_error(ready_writer, "detokenizer")
+        raise SystemExit(1)
+    ready_writer.send({"status": "ready"})
+    while True:
+        out = recv.recv_pyobj()
+        if isinstance(out, BatchTokenIDOut):
+            res = manager.handle(out)
+            if len(res):  # 全是非流式的中间步：不必发 / only non-stream midway steps: nothing to send
+                send.send_pyobj(res)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -222,6 +223,7 @@ class Engine:
 
 # ======== mode="server"：三进程服务器的句柄 / a handle on the three-process server ========
 STARTUP_TIMEOUT_S = 600
+API_KEY_ENV = "MINISGL_API_KEY"  # 同 server/launch.py / same as server/launch.py
 
 
 def _checked(resp):
@@ -259,8 +261,10 @@ class _ServerHandle:
 
         port = args.port if args.port != ServerArgs.port else get_free_port()
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-        cmd = [sys.executable, "-m", "minisgl", "serve", *_cli_flags(args), "--port", str(port)]
-        self.proc = subprocess.Popen(cmd)
+        # API key 经环境变量传给子进程，不出现在 `ps` 能看到的命令行里。The key goes by environment, not argv.
+        env = {**os.environ, API_KEY_ENV: args.api_key} if args.api_key else None
+        cli = _cli_flags(dataclasses.replace(args, api_key=None))
+        self.proc = subprocess.Popen([sys.executable, "-m", "minisgl", "serve", *cli, "--port", str(port)], env=env)
         self.url = f"http://{host}:{port}"
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         self.client = httpx.Client(base_url=self.url, timeout=None, headers=headers)
@@ -283,7 +287,8 @@ class _ServerHandle:
         def as_dict(p):
             return p.to_dict() if hasattr(p, "to_dict") else p
 
-        params = [as_dict(p) for p in sampling_params] if isinstance(sampling_params, list) else as_dict(sampling_params)
+        many = isinstance(sampling_params, list)
+        params = [as_dict(p) for p in sampling_params] if many else as_dict(sampling_params)
         payload = {"text": prompt, "input_ids": input_ids, "sampling_params": params, "stream": stream, "rid": rid}
         if not stream:
             return _checked(self.client.post("/generate", json=payload)).json()

@@ -40,6 +40,9 @@ from typing import Any, Dict, List, Optional, Union
 from minisgl.sampling.sampling_params import SamplingParams
 
 
+PROMPT_TAIL_LEN = 5  # = detokenizer.INIT_INCREMENTAL_DETOKENIZATION_OFFSET
+
+
 def new_rid() -> str:
     return uuid.uuid4().hex
 
@@ -78,6 +81,10 @@ class BatchTokenIDOut:
     cached_tokens: List[int] = field(default_factory=list)
     skip_special_tokens: List[bool] = field(default_factory=list)
     stop_strs: List[List[str]] = field(default_factory=list)
+    # prompt 末尾几个 token：反分词进程用它作第一个输出 token 的解码上下文（与离线 Engine 一致）。
+    # The prompt's last tokens: decoding context for the detokenizer process (as the offline Engine).
+    prompt_tails: List[List[int]] = field(default_factory=list)
+    streams: List[bool] = field(default_factory=list)  # 非流式请求只在结束时解码 / non-stream: decode at the end
 
     def add(self, req, new_ids: List[int]) -> None:
         self.rids.append(req.rid)
@@ -88,6 +95,21 @@ class BatchTokenIDOut:
         self.cached_tokens.append(req.cached_tokens or 0)
         self.skip_special_tokens.append(req.sampling_params.skip_special_tokens)
         self.stop_strs.append(req.sampling_params.stop_strs)
+        self.prompt_tails.append(req.origin_input_ids[-PROMPT_TAIL_LEN:])
+        self.streams.append(req.stream)
+
+    def add_rejected(self, rid: str, message: str, prompt_tokens: int, status_code: int) -> None:
+        """一个没进调度器就被拒绝的请求（如队列已满）。A request refused before scheduling (e.g. queue full)."""
+        self.rids.append(rid)
+        self.output_ids.append([])
+        self.finished_reasons.append({"type": "abort", "message": message, "status_code": status_code})
+        self.prompt_tokens.append(prompt_tokens)
+        self.completion_tokens.append(0)
+        self.cached_tokens.append(0)
+        self.skip_special_tokens.append(True)
+        self.stop_strs.append([])
+        self.prompt_tails.append([])
+        self.streams.append(False)
 
     def __len__(self) -> int:
         return len(self.rids)
@@ -103,17 +125,36 @@ class BatchStrOut:
     meta_info: List[Dict[str, Any]] = field(default_factory=list)
     finished: List[bool] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return len(self.rids)
+
 
 @dataclass
 class AbortReq:
     rid: str
 
 
+# ---- 控制消息：请求带一个 id，调度器的回复带同一个 id（直接发回 TokenizerManager）----
+# ---- Control messages: the reply carries the request's id (sent straight back to the TokenizerManager) ----
 @dataclass
 class FlushCacheReq:
-    pass
+    id: str = ""
+
+
+@dataclass
+class FlushCacheReqOutput:
+    id: str
+    success: bool
 
 
 @dataclass
 class GetInfoReq:
     """向调度器询问内存/队列状态（/get_server_info、/metrics 用）。Ask the scheduler for its state."""
+
+    id: str = ""
+
+
+@dataclass
+class GetInfoReqOutput:
+    id: str
+    stats: Dict[str, Any]
