@@ -290,6 +290,52 @@ def test_build_notebooks_are_html_in_both_languages(built_site):
             assert "jp-Cell" in html.read_text(encoding="utf-8"), f"{html} is not a rendered notebook"
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=3000"]
+
+
+def chromium() -> str:
+    """无头 Chromium 的路径；CI 里必须有（.ci/run 安装它），本地没有就跳过。Headless Chromium, required in CI."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run must install it (apt-get install chromium fonts-noto-cjk)")
+        pytest.skip("no chromium here (apt-get install chromium fonts-noto-cjk)")
+    return exe
+
+
+def browser_dom(url: str) -> str:
+    """让真浏览器加载页面、执行 JS，返回此时的 DOM。A real browser loads the page, runs its JS, gives the DOM."""
+    proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, "--dump-dom", url], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "</html>" in proc.stdout, f"chromium failed on {url}: {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("prefix,lang", [("", "zh"), ("en/", "en")])
+@pytest.mark.parametrize("page", ["", "06-scheduling/"])
+def test_browser_sees_language_switcher_and_code_links(built_site, prefix, lang, page):
+    """headless Chromium 打开首页与一章（两种语言）：有语言切换器，章节里有指向源码的链接。
+
+    Headless Chromium opens the home page and a chapter in each language and finds the language
+    switcher (links to both languages) and, on the chapter, links into the source code.
+    """
+    dom = browser_dom((built_site / f"{prefix}{page}index.html").as_uri())
+    assert f'<html lang="{lang}"' in dom
+    switcher = re.search(r'<div class="md-select__inner">(.*?)</div>', dom, re.S)
+    assert switcher, "no language switcher (md-select) in the rendered page"
+    assert 'hreflang="zh"' in switcher.group(1) and 'hreflang="en"' in switcher.group(1)
+    # 页面的 JS 真的运行了：静态 HTML 的 <html class="no-js"> 被脚本换成了 "js"。
+    # The page's JS really ran: the static <html class="no-js"> was switched to "js" by script.
+    assert 'class="no-js"' in (built_site / f"{prefix}{page}index.html").read_text(encoding="utf-8")
+    assert re.search(r'<html[^>]*class="[^"]*\bjs\b', dom) and 'class="no-js"' not in dom
+    if page:
+        code_links = re.findall(r'href="(https://github\.com/minisgl/minisgl/blob/main/minisgl/[^"]+|[^"]*api/[^"]*#minisgl\.[^"]+)"', dom)
+        assert len(code_links) >= 5, f"only {len(code_links)} code links on {prefix}{page}"
+        assert ("代码实现" if lang == "zh" else "Code Implementation") in dom
+
+
 def test_build_api_anchors_exist(built_site):
     """链接检查器认为存在的符号，在生成的 API 页里也真有这个锚点。Every linked symbol is an anchor in the HTML."""
     missing = []
