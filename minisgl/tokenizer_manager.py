@@ -83,6 +83,19 @@ def _as_batch(req: GenerateReqInput) -> Tuple[bool, list]:
     raise ValueError("input_ids must be a list of integers or a list of such lists")
 
 
+def check_unicode(text: str, what: str) -> None:
+    """拒绝孤立代理项（JSON 里的 "\\ud800" 能解析成 str，却不是合法 Unicode，分词器会崩）。
+
+    Reject lone surrogates: JSON's "\\ud800" parses into a Python str that is not valid Unicode
+    and cannot be encoded as UTF-8 (the tokenizer would fail deep inside with a 500).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} contains a lone UTF-16 surrogate {text[e.start]!r} at character {e.start}: "
+                         "it is not valid Unicode text") from None
+
+
 def normalize_requests(
     tokenizer, req: GenerateReqInput, vocab_size: int, context_len: int
 ) -> Tuple[bool, List[TokenizedGenerateReqInput], List[int]]:
@@ -106,6 +119,7 @@ def normalize_requests(
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}{e}") from None
         if isinstance(item, str):
+            check_unicode(item, f"{where}the prompt")
             text, ids = item, tokenizer.encode(item)
         else:
             text, ids = None, item

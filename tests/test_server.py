@@ -88,7 +88,7 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    s = ServerProc(checkpoint("qwen3"), tmp_path_factory.mktemp("server"), "--enable-metrics")
+    s = ServerProc(checkpoint("qwen3"), tmp_path_factory.mktemp("server"), "--enable-metrics", "--served-model-name", "m")
     try:
         yield s.wait_ready()
     finally:
@@ -279,7 +279,69 @@ BAD = [
     ("/generate", {}, 400, "exactly one"),
     ("/v1/completions", {"prompt": "hi", "temperature": "hot"}, 400, "temperature"),
     ("/v1/completions", "x" * (2 << 20), 413, "--max-request-bytes"),
+    # ---- 类型、空值、编码 / types, empties, encodings ----
+    ("/v1/completions", [1, 2], 400, "must be an object"),
+    ("/v1/completions", "null", 400, "must be an object"),
+    ("/v1/completions", {"prompt": ""}, 400, "the prompt is empty"),
+    ("/v1/completions", {"prompt": []}, 400, "non-empty list"),
+    ("/generate", {"input_ids": []}, 400, "the prompt is empty"),
+    ("/generate", {"text": "a", "input_ids": [1]}, 400, "exactly one"),
+    ("/v1/completions", b'{"prompt": "\xff\xfe"}', 400, "malformed JSON"),
+    ("/v1/completions", '{"prompt": "\\ud800 lone"}', 400, "lone UTF-16 surrogate"),
+    ("/generate", '{"text": "\\udfff"}', 400, "lone UTF-16 surrogate"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "\\ud83d"}]}', 400, "lone UTF-16 surrogate"),
+    ("/v1/completions", '{"prompt": "hi", "stop": ["\\ud800"]}', 400, "lone UTF-16 surrogate"),
+    ("/v1/chat/completions", {"messages": "hi"}, 400, "messages: Input should be a valid list"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
+    ("/v1/chat/completions", {"messages": [{"content": "hi"}]}, 400, "messages.0.role: Field required"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
+     "only text content parts"),
+    ("/generate", {"input_ids": ["a"]}, 400, "input_ids"),
+    ("/v1/completions", {"prompt": [[1, 2], "a"]}, 400, "prompt"),
+    ("/generate", {"text": "hi", "rid": 5}, 400, "rid"),
+    ("/generate", {"text": "hi", "stream": 3}, 400, "stream"),
+    ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": "maybe"}}, 400, "include_usage"),
+    # ---- 数值范围 / numeric ranges ----
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 1.5}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 10 ** 30}, 400, "maximum context length"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -2}, 400,
+     "max_tokens must be >= 0"),
+    ("/generate", {"text": "hi", "sampling_params": {"max_new_tokens": -3}}, 400, "max_new_tokens"),
+    ("/generate", {"text": "hi", "sampling_params": {"top_k": -5}}, 400, "top_k"),
+    ("/generate", {"text": "hi", "sampling_params": {"top_k": 0}}, 400, "top_k"),
+    ("/generate", {"text": "hi", "sampling_params": {"min_p": 1.5}}, 400, "min_p"),
+    ("/generate", {"text": "hi", "sampling_params": {"repetition_penalty": 0}}, 400, "repetition_penalty"),
+    ("/v1/completions", {"prompt": "hi", "frequency_penalty": 5}, 400, "frequency_penalty"),
+    ("/v1/completions", {"prompt": "hi", "presence_penalty": -5}, 400, "presence_penalty"),
+    ("/v1/completions", {"prompt": "hi", "temperature": 1e9}, 400, "temperature"),
+    ("/v1/completions", '{"prompt": "hi", "temperature": NaN}', 400, "temperature"),
+    ("/v1/completions", '{"prompt": "hi", "top_p": Infinity}', 400, "top_p"),
+    ("/v1/completions", {"prompt": "hi", "seed": -1}, 400, "seed"),
+    ("/v1/completions", {"prompt": "hi", "seed": 2 ** 70}, 400, "seed"),
+    ("/v1/completions", {"prompt": "hi", "n": 1000}, 400, "n must be in [1, 128]"),
+    # ---- 列表、词表、未知字段与模型 / lists, vocabulary, unknown fields and models ----
+    ("/v1/completions", {"prompt": "hi", "stop": ["x"] * 100}, 400, "at most 32"),
+    ("/generate", {"text": "hi", "sampling_params": {"stop": ["a"] * 1000}}, 400, "at most 32"),
+    ("/v1/completions", {"prompt": "hi", "stop": 5}, 400, "stop"),
+    ("/v1/completions", {"prompt": "hi", "stop": [""]}, 400, "must not be empty"),
+    ("/v1/completions", {"prompt": [999999]}, 400, "outside the vocabulary"),
+    ("/v1/completions", {"prompt": [-1]}, 400, "outside the vocabulary"),
+    ("/generate", {"input_ids": [999999]}, 400, "outside the vocabulary"),
+    ("/v1/completions", {"prompt": "hi", "stop_token_ids": [10 ** 9]}, 400, "stop_token_ids out of vocabulary"),
+    ("/generate", {"text": ["a", "b"], "sampling_params": [{}, {}, {}]}, 400, "3 sampling_params for 2 prompts"),
+    ("/v1/completions", {"prompt": "hi", "foo": 1}, 400, "foo: unknown field"),
+    ("/generate", {"text": "hi", "foo": 1}, 400, "foo: unknown field"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json"}},
+     400, "response_format: unknown field"),
+    ("/v1/completions", {"prompt": "hi", "model": "gpt-99"}, 404, "'gpt-99' does not exist"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "model": "gpt-99"}, 404,
+     "does not exist"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 5}, 400, "logprobs is not supported"),
+    ("/abort_request", {}, 400, "rid: Field required"),
+    ("/nonexistent", {}, 404, "Not Found"),
 ]
+assert len(BAD) >= 40
 
 
 @pytest.mark.parametrize("path,body,status,match", BAD, ids=[f"{b[0]}:{b[3]}" for b in BAD])

@@ -96,7 +96,8 @@ def test_loopback_rule():
 @pytest.fixture(scope="module")
 def guarded(checkpoint, tmp_path_factory):
     s = ServerProc(checkpoint("qwen3"), tmp_path_factory.mktemp("guarded"), "--api-key", KEY,
-                   "--max-queued-requests", "2", "--max-running-requests", "1", "--max-request-bytes", "4096")
+                   "--max-queued-requests", "2", "--max-running-requests", "1", "--max-request-bytes", "4096",
+                   "--served-model-name", "m")
     try:
         yield s.wait_ready()
     finally:

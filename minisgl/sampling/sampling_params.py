@@ -141,6 +141,8 @@ class SamplingParams:
                     raise ValueError("stop strings must not be empty")
                 if len(s) > MAX_STOP_STRING_LEN:
                     raise ValueError(f"stop string longer than {MAX_STOP_STRING_LEN} characters")
+                if any("\ud800" <= ch <= "\udfff" for ch in s):  # 孤立代理项 / lone surrogate: not text
+                    raise ValueError(f"stop string {s!r} contains a lone UTF-16 surrogate")
         if self.stop_token_ids is not None:
             if not isinstance(self.stop_token_ids, list) or not all(_is_int(t) for t in self.stop_token_ids):
                 raise ValueError("stop_token_ids must be a list of integers")

@@ -50,6 +50,8 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import logging
+import os
 import time
 from typing import Any, Dict, List, Optional, Union
 
@@ -111,7 +113,7 @@ async def _send_error(send, message: str, status: int, extra_headers=()) -> None
 
 # ======== 原生请求体 / The native request body ========
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     text: Optional[Union[str, List[str]]] = None
     input_ids: Optional[Union[List[int], List[List[int]]]] = None
@@ -128,6 +130,9 @@ def _validation_message(errors) -> str:
     parts = []
     for err in errors:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        if err.get("type") == "extra_forbidden":  # 拼错的字段不能被悄悄忽略 / a typo must not be ignored silently
+            parts.append(f"{loc}: unknown field (not supported by minisgl)")
+            continue
         parts.append(f"{loc or 'body'}: {err.get('msg')}")
     return "invalid request: " + "; ".join(parts[:5])
 
@@ -172,6 +177,13 @@ def create_app(tm, args, info: Dict[str, Any]) -> FastAPI:
     async def _http_error(request, exc: StarletteHTTPException):
         return error_response(str(exc.detail), exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _internal_error(request, exc: Exception):
+        # 兜底：一个没料到的错误也要回 OpenAI 风格的错误体并记下来，服务器继续服务。
+        # Last resort: an unexpected error still gets an OpenAI-style body and a log line; serving goes on.
+        logging.getLogger("minisgl.server").exception("internal error on %s", request.url.path)
+        return error_response(f"internal server error: {type(exc).__name__}: {exc}", 500)
+
     @app.exception_handler(ClientDisconnected)
     async def _gone(request, exc):
         return Response(status_code=499)  # 客户端已走，没人看 / nobody is listening
@@ -203,14 +215,25 @@ def create_app(tm, args, info: Dict[str, Any]) -> FastAPI:
         results = [{k: v for k, v in shape(u).items() if k != "index"} for u in finals]
         return JSONResponse(results if is_batch else results[0])
 
+    # 认得的模型名：对外的名字、路径、目录名，以及很多客户端默认发的 "default"。
+    # Accepted model names: the served name, the path, its folder name, and "default" (many clients send it).
+    known_models = {model_name, args.model_path, os.path.basename(os.path.normpath(args.model_path)), "default"}
+
+    def check_model(name: Optional[str]) -> None:
+        if name is not None and name not in known_models:
+            raise RequestError(f"the model {name!r} does not exist; this server serves {model_name!r} "
+                               "(see GET /v1/models)", 404)
+
     @app.post("/v1/completions")
     async def v1_completions(request: Request):
         body = await parse_body(request, openai_api.CompletionRequest)
+        check_model(body.model)
         return await openai_api.completions(tm, body, request, model_name)
 
     @app.post("/v1/chat/completions")
     async def v1_chat_completions(request: Request):
         body = await parse_body(request, openai_api.ChatCompletionRequest)
+        check_model(body.model)
         return await openai_api.chat_completions(tm, body, request, model_name)
 
     # ---- 信息 / information ----

@@ -53,7 +53,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Union
 from pydantic import BaseModel, ConfigDict
 
 from minisgl.io_struct import GenerateReqInput, new_rid
-from minisgl.tokenizer_manager import RequestError
+from minisgl.tokenizer_manager import RequestError, check_unicode
 
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -149,9 +149,14 @@ class StreamOptions(BaseModel):
 
 
 class _SamplingRequest(BaseModel):
-    """两个接口共有的字段（+ SGLang 的扩展）。Fields shared by both endpoints (+ SGLang's extras)."""
+    """两个接口共有的字段（+ SGLang 的扩展）。Fields shared by both endpoints (+ SGLang's extras).
 
-    model_config = ConfigDict(extra="ignore")
+    未知字段是 400 而不是被悄悄忽略：`response_format` 或拼错的 `temprature` 被忽略，用户会以为它生效了。
+    Unknown fields are a 400, not silently ignored: an ignored `response_format` or a misspelt
+    `temprature` would make the user believe it took effect.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     model: Optional[str] = None
     max_tokens: Optional[int] = None
@@ -245,6 +250,10 @@ def chat_prompt_ids(tokenizer, messages: List[ChatMessage]) -> List[int]:
             if any(p.get("type") != "text" or not isinstance(p.get("text"), str) for p in content):
                 raise RequestError(f"messages[{i}]: only text content parts are supported")
             content = "".join(p["text"] for p in content)
+        try:
+            check_unicode(content or "", f"messages[{i}].content")
+        except ValueError as e:
+            raise RequestError(str(e)) from None
         msgs.append({"role": m.role, "content": content or ""})
     try:
         text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
