@@ -48,6 +48,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 from minisgl.io_struct import (
@@ -165,7 +166,7 @@ def run_scheduler_process(server_args, ipc, ready_writer) -> None:
         report_startup_error(ready_writer, "scheduler")
         raise SystemExit(1)
     cfg = scheduler.model_config
-    ready_writer.send({"status": "ready", "context_len": cfg.context_len, "vocab_size": cfg.vocab_size,
+    ready_writer.send({"status": "ready", "pid": os.getpid(), "context_len": cfg.context_len, "vocab_size": cfg.vocab_size,
                        "max_total_num_tokens": scheduler.token_to_kv_pool_allocator.size,
                        "max_running_requests": scheduler.max_running_requests})
     SchedulerLoop(scheduler, recv, to_detok, to_tok, server_args.max_queued_requests).run_forever()

@@ -253,7 +253,8 @@ def create_app(tm, args, info: Dict[str, Any]) -> FastAPI:
         stats = await tm.get_scheduler_stats()
         server_args = dataclasses.asdict(args)
         server_args["api_key"] = "***" if args.api_key else None  # 不回显密钥 / never echo the key
-        return {**stats, "model_path": args.model_path, "server_args": server_args, "version": _version()}
+        return {**stats, "model_path": args.model_path, "server_args": server_args, "version": _version(),
+                "scheduler_pid": info.get("pid")}
 
     @app.get("/health")
     async def health():

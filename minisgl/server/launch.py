@@ -323,6 +323,13 @@ async def _watchdog(server, children: ChildProcesses, tm, stop: dict, result: di
         if stop["flag"]:
             server.should_exit = True
         await asyncio.sleep(WATCHDOG_INTERVAL_S)
+    # 关机（信号可能由 uvicorn 自己接到）：在途请求立刻以 abort 结束——流式客户端收到最后一个事件和
+    # [DONE]，而不是在 uvicorn 的优雅等待之后被切断。
+    # Shutting down (uvicorn may have caught the signal itself): in-flight requests end now with an
+    # abort reason — a stream gets its last event and [DONE] — instead of being cut off after
+    # uvicorn's graceful wait.
+    if not tm.dead:
+        tm.fail_all("the server is shutting down (SIGTERM / Ctrl-C) / 服务器正在关闭")
 
 
 async def _announce_ready(server, tm, sock: socket.socket, result: dict) -> None:
