@@ -127,7 +127,10 @@ class ServerArgs:
             a.chunked_prefill_size = 8192 if a.device == "cuda" else 2048
         if a.max_running_requests is None:
             a.max_running_requests = 256 if a.device == "cuda" else 64
-        if a.device == "cpu":
+        if a.device == "cpu" or a.attention_backend == "torch":
+            # torch 后端的 decode 元数据是 Python 列表，录不进 CUDA graph（回放会用录制时的长度）。
+            # The torch backend keeps decode metadata in Python lists, which a CUDA graph cannot
+            # capture (a replay would reuse the captured lengths): graphs only with Triton.
             a.disable_cuda_graph = True
         a.check()
         return a
@@ -138,6 +141,9 @@ class ServerArgs:
 
             if not torch.cuda.is_available():
                 raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        if self.tp_size != 1:
+            raise ValueError(f"--tp-size {self.tp_size}: tensor parallelism is not implemented in minisgl yet "
+                             "(see docs/zh/11-advanced.md); use --tp-size 1")
         if self.page_size < 1:
             raise ValueError(f"--page-size must be >= 1, got {self.page_size}")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1:

@@ -131,6 +131,10 @@ class SamplingParams:
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
+        for name in ("json_schema", "regex"):
+            if getattr(self, name) is not None:  # 不能悄悄忽略约束 / a constraint must never be ignored silently
+                raise ValueError(f"{name}: structured output is not implemented in minisgl yet "
+                                 "(see docs/zh/11-advanced.md)")
         if self.stop is not None:
             if not isinstance(self.stop, (str, list)) or not all(isinstance(s, str) for s in self.stop_strs):
                 raise ValueError("stop must be a string or a list of strings")
