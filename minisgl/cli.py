@@ -14,7 +14,8 @@
 #
 # 【核心架构】Architecture
 #   minisgl ─┬─ generate --prompt …   → Engine.generate（进程内 / in-process）
-#            └─ serve …               → server/launch.py（三进程 / three processes）
+#            ├─ serve …               → server/launch.py（三进程 / three processes）
+#            └─ course list|start|grade → course/commands.py（课程作业 / course assignments）
 #
 # 【工作流程】Workflow
 #   1. argparse 解析；2. 构造 ServerArgs；3. 调用对应函数。
@@ -25,6 +26,7 @@
 # 【使用方式】Usage
 #   $ minisgl generate --prompt "床前明月光" --max-new-tokens 32
 #   $ minisgl serve --port 30000
+#   $ minisgl course start radix_cache && minisgl course grade radix_cache
 #
 # 【对应章节】Chapter: docs/zh/03-server-startup.md
 # ================================================================================
@@ -35,6 +37,7 @@ import json
 import sys
 from typing import List, Optional
 
+from minisgl.course.commands import add_course_parser
 from minisgl.server_args import ServerArgs
 
 
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="启动 HTTP 服务器 / start the HTTP server")
     ServerArgs.add_cli_args(serve)
     serve.set_defaults(func=_serve)
+
+    add_course_parser(sub)  # minisgl course list / start / grade（learning_guide/assignments/）
     return parser
 
 

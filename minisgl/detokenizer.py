@@ -74,6 +74,7 @@ class IncrementalDetokenizer:
 
     def append(self, new_ids: Sequence[int]) -> str:
         """加入新 token，返回新确认的文字。Add tokens; return newly confirmed text (before stop handling)."""
+        # >>> ASSIGNMENT detokenizer: append
         self.ids.extend(new_ids)
         surr_text = self._decode(self.ids[self.surr_offset : self.read_offset])
         read_text = self._decode(self.ids[self.surr_offset :])
@@ -83,6 +84,7 @@ class IncrementalDetokenizer:
         self.text += new_text
         self.surr_offset, self.read_offset = self.read_offset, len(self.ids)
         return new_text
+        # <<< ASSIGNMENT
 
     def flush(self) -> None:
         """请求结束：残留的不完整字节也输出（用替换字符）。At the end, emit any leftover bytes."""
@@ -98,6 +100,7 @@ class IncrementalDetokenizer:
         - finished with a matched stop string: the text is cut before the stop string's first occurrence.
         - still running: hold back a tail that could be the beginning of a stop string.
         """
+        # >>> ASSIGNMENT detokenizer: take
         if finished:
             if matched_stop is not None and matched_stop in self.text:
                 self.text = self.text[: self.text.index(matched_stop)]
@@ -107,6 +110,7 @@ class IncrementalDetokenizer:
         end = max(end, self.sent)
         out, self.sent = self.text[self.sent : end], end
         return out
+        # <<< ASSIGNMENT
 
 
 def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
@@ -115,6 +119,7 @@ def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
     The longest tail of text that is a prefix of a stop string, or that contains one whole
     (a full match is cut at finish, so nothing from it may leave early).
     """
+    # >>> ASSIGNMENT detokenizer: partial_stop_len
     hold = 0
     for s in stops:
         idx = text.find(s)
@@ -126,6 +131,7 @@ def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
                 hold = max(hold, k)
                 break
     return hold
+    # <<< ASSIGNMENT
 
 
 class DetokenizerManager:

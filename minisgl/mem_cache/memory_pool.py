@@ -137,6 +137,7 @@ class TokenToKVPoolAllocator:
         then takes whole new pages. Returns the slots concatenated in request order, or None
         (and takes nothing) when there are not enough pages.
         """
+        # >>> ASSIGNMENT paged_allocator: alloc_extend
         ps = self.page_size
         # ======== 第1步：数一数需要多少新页 / Step 1: count the new pages needed ========
         pages_needed = [(-(-s // ps)) - (-(-p // ps)) for p, s in zip(prefix_lens, seq_lens)]
@@ -158,6 +159,7 @@ class TokenToKVPoolAllocator:
                 pos += take
             new_pages = new_pages[n_pages:]
         return torch.tensor(out, dtype=torch.int64)
+        # <<< ASSIGNMENT
 
     def alloc_decode(self, seq_lens: Sequence[int], last_locs: Sequence[int]) -> Optional[torch.Tensor]:
         """每个请求再要 1 个槽位（位置 seq_len-1）。One more slot per request, for position seq_len-1."""
@@ -171,10 +173,12 @@ class TokenToKVPoolAllocator:
         Free by page. The caller guarantees it owns every page these slots lie in (a page
         belongs to one request or one radix node, never two).
         """
+        # >>> ASSIGNMENT paged_allocator: free
         if indices is None or len(indices) == 0:
             return
         pages = torch.unique(indices.to("cpu", torch.int64) // self.page_size)
         self.free_pages = torch.cat([self.free_pages, pages])
+        # <<< ASSIGNMENT
 
 
 class TokenToKVPool:

@@ -125,6 +125,7 @@ class RadixCache:
         Returns (kv slots of that prefix [L] int64, the last matched node). A match that ends
         inside a node splits the node, so the returned node always ends exactly at the match.
         """
+        # >>> ASSIGNMENT radix_cache: match_prefix
         key = self._page_aligned(key)
         node, values = self.root_node, []
         node.last_access_time = next(_clock)
@@ -140,6 +141,7 @@ class RadixCache:
             node, key = child, key[n:]
         value = torch.cat(values) if values else torch.empty(0, dtype=torch.int64)
         return value, node
+        # <<< ASSIGNMENT
 
     def _split_node(self, child: TreeNode, split_len: int) -> TreeNode:
         """把 child 拆成 new_node(前 split_len) → child(剩余)。Split child into a head node and itself."""
@@ -159,6 +161,7 @@ class RadixCache:
         Insert key → value (page-aligned). Returns how many leading tokens were already cached;
         the caller frees its own duplicate slots for them.
         """
+        # >>> ASSIGNMENT radix_cache: insert
         key = self._page_aligned(key)
         value = value[: len(key)]
         node, prefix_len = self.root_node, 0
@@ -179,6 +182,7 @@ class RadixCache:
             node.children[self._child_key(key)] = new_node
             self.evictable_size_ += len(key)
         return prefix_len
+        # <<< ASSIGNMENT
 
     # ======== 锁 / Locks ========
     def inc_lock_ref(self, node: TreeNode) -> None:
@@ -207,6 +211,7 @@ class RadixCache:
         Free at least num_tokens slots from unlocked leaves, least recently used first.
         Returns how many were freed (less when not enough is evictable).
         """
+        # >>> ASSIGNMENT radix_cache: evict
         leaves = [n for n in self._all_nodes() if n.is_leaf and n.lock_ref == 0 and n is not self.root_node]
         heapq.heapify(leaves)
         freed = 0
@@ -220,6 +225,7 @@ class RadixCache:
             if parent is not self.root_node and parent.is_leaf and parent.lock_ref == 0:
                 heapq.heappush(leaves, parent)
         return freed
+        # <<< ASSIGNMENT
 
     def _all_nodes(self) -> List[TreeNode]:
         out, stack = [], [self.root_node]

@@ -68,6 +68,7 @@ class SchedulePolicy:
 
     def calc_priority(self, waiting_queue: List) -> str:
         """原地排序，返回实际使用的策略。Sort in place; return the policy actually used."""
+        # >>> ASSIGNMENT schedule_policy: calc_priority
         if self.policy == "fcfs" or self.disable_radix_cache or len(waiting_queue) > LPM_FALLBACK_QUEUE_LEN:
             return "fcfs"  # 保持到达顺序 / keep arrival order
         prefix_len = {}
@@ -77,6 +78,7 @@ class SchedulePolicy:
         # sort 是稳定的：命中相同则保持到达顺序。A stable sort keeps arrival order among ties.
         waiting_queue.sort(key=lambda r: -prefix_len[r.rid])
         return "lpm"
+        # <<< ASSIGNMENT
 
 
 class AddReqResult(Enum):
@@ -141,6 +143,7 @@ class PrefillAdder:
 
     def add_one_req(self, req) -> AddReqResult:
         """尝试接纳一个已做过 init_next_round_input 的请求。Try to admit one prepared request."""
+        # >>> ASSIGNMENT schedule_policy: add_one_req
         reserve = min(req.sampling_params.max_new_tokens - len(req.output_ids), CLIP_MAX_NEW_TOKENS)
         # 先锁：为它腾内存时不能驱逐它要复用的前缀。Lock first: making room must not evict its own prefix.
         self.tree_cache.inc_lock_ref(req.last_node)
@@ -164,6 +167,7 @@ class PrefillAdder:
         self.new_chunked_req = req
         self._admit(req, trunc, 0)
         return AddReqResult.OTHER
+        # <<< ASSIGNMENT
 
     def force_add(self, req) -> None:
         """队列空转时强行接纳队首（只要它的输入放得下）。Admit the head when nothing else runs."""

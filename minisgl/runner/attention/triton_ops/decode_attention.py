@@ -242,6 +242,7 @@ def _decode_stage1_kernel(
         e_sum = tl.zeros([BLOCK_H], dtype=tl.float32)  # l：softmax 分母
         acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)  # Σ p·v（未归一化）
 
+        # >>> ASSIGNMENT decode_attention: stage1_loop
         for start_n in range(split_start, split_end, BLOCK_N):
             offs_tok = start_n + offs_n  # 本块 token 在请求内的位置 / positions in the request
             mask_n = offs_tok < split_end  # 最后一块可能不满 / the last block may be partial
@@ -283,6 +284,7 @@ def _decode_stage1_kernel(
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             e_max = m_new
+        # <<< ASSIGNMENT
 
         # ---- 写出本段的局部输出（已归一化）和 lse / store the normalised partial output and lse ----
         # 只写真实的 GROUP 行（mask_h）和真实的 D 列（mask_d）。
@@ -336,6 +338,7 @@ def _decode_stage2_kernel(
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)  # Σ w_s · out_s
     base_out = Att_Out + cur_batch * stride_ob + cur_head * stride_oh
     base_lse = Att_Lse + cur_batch * stride_lb + cur_head * stride_lh
+    # >>> ASSIGNMENT decode_attention: stage2_merge
     for split_id in range(0, kv_splits):
         split_start = split_len * split_id
         split_end = tl.minimum(split_start + split_len, seq_len)
@@ -348,6 +351,7 @@ def _decode_stage2_kernel(
             acc = acc * alpha + w * part
             e_sum = e_sum * alpha + w
             e_max = m_new
+    # <<< ASSIGNMENT
 
     # 只要有一段，e_sum ≥ 1（lse 最大的那段贡献 exp(0) = 1），所以下限 1e-30 平时不起作用；
     # seq_len == 0（例如 CUDA graph 的填充请求）时没有任何段：acc = 0 → 输出 0，而不是 0/0 = NaN。
