@@ -35,7 +35,7 @@ GITHUB_BLOB = "https://github.com/minisgl/minisgl/blob/main/"
 REQUIRED_PAGES = {"index.md", "00-welcome.md", "01-overview.md", "05-tokenization.md", "06-scheduling.md",
                   "08-kv-cache.md", "09-sampling.md", "10-glossary.md", "developer-guide.md",
                   "02-architecture.md", "03-server-startup.md", "04-request-journey.md", "07-model-inference.md",
-                  "11-advanced.md", "12-production.md", "assignments/index.md"}
+                  "11-advanced.md", "12-production.md"}
 # 还没写的章节（文件头可以先指向它们）。写好一章就从这里删掉它。
 # Chapters still to come (module headers may already name them). Delete a number once its page exists.
 CHAPTERS_TO_COME: set = set()
