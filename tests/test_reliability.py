@@ -248,3 +248,37 @@ def test_scheduler_killed_under_load_answers_everyone(checkpoint, tmp_path):
     assert s.proc.wait(30) == 1  # 监督者（systemd、k8s）据此重启 / a supervisor restarts on this
     assert "died unexpectedly" in s.output()
     s.stop()
+
+
+def test_abort_a_queued_request(checkpoint, tmp_path):
+    """一个运行位：A 在跑，B 在排队；abort B → B 立刻以 abort 结束，A 不受影响，池完整。
+
+    One running slot: A runs, B waits in the queue; aborting B ends it at once with an abort reason,
+    A is unaffected, and the pool is whole afterwards.
+    """
+    s = ServerProc(checkpoint("qwen3"), tmp_path, "--max-running-requests", "1").wait_ready()
+    try:
+        async def main():
+            async with httpx.AsyncClient(timeout=120) as http:
+                long = {"text": PROMPTS[0], "rid": "A", "sampling_params": {**LONG, "max_new_tokens": 300}}
+                a = asyncio.create_task(http.post(s.url + "/generate", json=long))
+                b = asyncio.create_task(http.post(s.url + "/generate", json={
+                    "text": PROMPTS[1], "rid": "B", "sampling_params": LONG}))
+                for _ in range(400):  # 等 B 进入等待队列 / wait until B is queued
+                    info = (await http.get(s.url + "/get_server_info")).json()
+                    if info["num_queued_reqs"] == 1 and info["num_running_reqs"] == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                assert info["num_queued_reqs"] == 1, info
+                aborted = (await http.post(s.url + "/abort_request", json={"rid": "B"})).json()["aborted"]
+                rb = await b
+                ra = await a
+                return aborted, rb.json(), ra.json()
+
+        aborted, b, a = asyncio.run(main())
+        assert aborted == ["B"]
+        assert b["meta_info"]["finish_reason"]["type"] == "abort" and b["meta_info"]["completion_tokens"] == 0
+        assert a["meta_info"]["finish_reason"] == {"type": "length", "length": 300}
+        assert_pool_whole(s.url)
+    finally:
+        s.stop()
