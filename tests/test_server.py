@@ -125,8 +125,13 @@ def chat_ids(engine, messages):
 
 # ======== 启动 / start-up ========
 def test_ready_line_and_private_ipc_dir(server):
-    out = server.output()
-    assert f"minisgl server is ready: http://127.0.0.1:{server.port}" in out
+    # /health 可能比预热后打印的那一行先成功：等这一行出现（最多 30 s）。
+    # /health can succeed before the line printed after the warm-up: wait for it (up to 30 s).
+    ready = f"minisgl server is ready: http://127.0.0.1:{server.port}"
+    deadline = time.monotonic() + 30
+    while ready not in (out := server.output()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready in out
     ipc_dir = out.split("ZMQ sockets in ")[1].split()[0]
     assert os.stat(ipc_dir).st_mode & 0o777 == 0o700
     assert sorted(os.listdir(ipc_dir)) == ["detokenizer", "scheduler", "tokenizer"]
