@@ -5,7 +5,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "minisgl"
 SECTIONS = ["【这个文件是什么】", "【生活比喻】", "【核心架构】", "【工作流程】", "【关键概念】", "【使用方式】", "【对应章节】"]
-MODULES = sorted(p for p in ROOT.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+MODULES = sorted(p for p in ROOT.rglob("*.py") if p.name != "__init__.py")
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
