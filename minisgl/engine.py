@@ -131,6 +131,10 @@ class Engine:
             self.scheduler = None
             self._server = _ServerHandle(given)
             return
+        if args.tp_size > 1 or args.dp_size > 1:
+            # 每个 TP rank / DP 副本是一个进程：只有服务器模式才有这些进程。One process per rank or replica.
+            raise ValueError(f"tp_size={args.tp_size}, dp_size={args.dp_size} run one scheduler process per rank "
+                             "and replica: use Engine(mode='server', ...) or `minisgl serve`")
         runner = ModelRunner(args, self.model_config)
         self.scheduler = Scheduler(args, model_runner=runner, tokenizer=self.tokenizer)
 

@@ -78,7 +78,10 @@ class ServerArgs:
     api_key: Optional[str] = _f(None, "需要 Authorization: Bearer <key> / require this API key")
     enable_metrics: bool = _f(False, "开启 /metrics（Prometheus）/ enable /metrics")
     max_request_bytes: int = _f(1 << 20, "请求体大小上限 / request body limit in bytes")
-    tp_size: int = _f(1, "张量并行数 / tensor parallel size")
+    tp_size: int = _f(1, "张量并行数（每个 rank 一个调度进程）/ tensor parallel size (one scheduler process per rank)")
+    dp_size: int = _f(1, "数据并行副本数（每个副本一套完整模型）/ data parallel replicas (a whole model each)")
+    load_balance_method: str = _f("round_robin", "--dp-size > 1 时的请求路由 / how requests are routed over the replicas",
+                                  choices=["round_robin", "shortest_queue", "prefix_aware"])
     served_model_name: Optional[str] = _f(None, "/v1/models 中的名字 / model name shown by /v1/models")
     log_level: str = _f("info", "日志级别 / log level", choices=["debug", "info", "warning", "error"])
 
@@ -141,9 +144,15 @@ class ServerArgs:
 
             if not torch.cuda.is_available():
                 raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-        if self.tp_size != 1:
-            raise ValueError(f"--tp-size {self.tp_size}: tensor parallelism is not implemented in minisgl yet "
-                             "(see docs/zh/11-advanced.md); use --tp-size 1")
+        if self.tp_size < 1 or self.dp_size < 1:
+            raise ValueError(f"--tp-size and --dp-size must be >= 1, got {self.tp_size} and {self.dp_size}")
+        if self.device == "cuda":
+            import torch
+
+            need, have = self.tp_size * self.dp_size, torch.cuda.device_count()
+            if need > have:
+                raise ValueError(f"--tp-size {self.tp_size} × --dp-size {self.dp_size} needs {need} GPUs; "
+                                 f"this machine has {have}")
         if self.page_size < 1:
             raise ValueError(f"--page-size must be >= 1, got {self.page_size}")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1:

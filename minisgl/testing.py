@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import List, Optional
 
 SAMPLE_TEXT = [
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
@@ -124,3 +124,40 @@ def make_tiny_checkpoint(
     with open(os.path.join(path, "generation_config.json"), "w") as f:
         json.dump({"eos_token_id": [eos], "pad_token_id": eos}, f)
     return path
+
+
+def tp_greedy_worker(rank: int, tp_size: int, init_method: str, model_path: str, prompts: List[List[int]],
+                     max_new_tokens: int, results, **server_args) -> None:
+    """张量并行测试的一个 rank：建进程组、加载本 rank 的分片、贪心跑完所有 prompt，rank 0 交回结果。
+
+    One rank of a tensor-parallel test (spawned; gloo on CPU): join the group, load this rank's shard,
+    run every prompt greedily through the real Scheduler, and let rank 0 put {rid: output ids} and the
+    logits of the first step into `results` (a multiprocessing queue). Errors are reported, not hung on.
+    """
+    import traceback
+
+    try:
+        from minisgl import distributed
+        from minisgl.io_struct import TokenizedGenerateReqInput
+        from minisgl.runner.model_runner import ModelRunner
+        from minisgl.sampling.sampling_params import SamplingParams
+        from minisgl.scheduler.scheduler import Scheduler
+        from minisgl.server_args import ServerArgs
+
+        distributed.init_distributed(rank, tp_size, init_method, "cpu")
+        args = ServerArgs(model_path=model_path, tp_size=tp_size, device="cpu", **server_args).resolve()
+        sched = Scheduler(args, model_runner=ModelRunner(args))
+        for i, ids in enumerate(prompts):
+            params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
+            sched.add_request(TokenizedGenerateReqInput(f"r{i}", None, list(ids), params))
+        outputs: dict = {f"r{i}": [] for i in range(len(prompts))}
+        for step in sched.run_until_idle():
+            for rid, new in zip(step.out.rids, step.out.output_ids):
+                outputs[rid].extend(new)
+        sched.check_pool_whole()  # 没有泄漏的 KV 槽 / no leaked KV slot
+        if rank == 0:
+            results.put({"outputs": outputs, "kv_heads": sched.model_runner.num_kv_heads,
+                         "pool_tokens": sched.token_to_kv_pool_allocator.size})
+        distributed.destroy_distributed()
+    except Exception:
+        results.put({"error": f"rank {rank}: {traceback.format_exc()}"})

@@ -25,6 +25,8 @@
 #     generate(reqs) ─ 登记 ReqState(rid) ─PUSH─► 调度进程
 #          ▲ 产出增量 / yields updates             │
 #     ReqState.event ◄─ handle_loop ◄─PULL─ 反分词进程（BatchStrOut）/ 调度进程（控制回复）
+#     --dp-size N：DataParallelRouter（dp_router.py）为每个请求选一个副本；控制消息发给所有副本。
+#     With --dp-size N the router picks a replica per request; control messages go to every replica.
 #
 # 【工作流程】Workflow
 #   1. 判断单个还是批量；text 与 input_ids 二选一。Single or batch; text xor input_ids.
@@ -50,10 +52,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
+from minisgl.dp_router import DataParallelRouter
 from minisgl.io_struct import (
     AbortReq, BatchStrOut, FlushCacheReq, FlushCacheReqOutput, GenerateReqInput, GetInfoReq, GetInfoReqOutput,
     TokenizedGenerateReqInput, new_rid,
@@ -146,6 +150,29 @@ def normalize_requests(
 # ================================================================================
 # 服务器模式：TokenizerManager / Server mode: the TokenizerManager
 # ================================================================================
+def merge_replica_stats(replicas: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """把各数据并行副本的调度统计合成一份：计数相加，比例重算，另附每个副本的原样统计。
+
+    Merge the replicas' scheduler stats: counts add up, ratios are recomputed, and each replica's
+    own stats are kept under "dp_replicas" (a single replica is returned as it is).
+    """
+    if len(replicas) == 1:
+        return dict(replicas[0])
+    merged: Dict[str, Any] = {}
+    for key, value in replicas[0].items():
+        values = [r.get(key) for r in replicas]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[key] = sum(values)
+        else:
+            merged[key] = value
+    if merged.get("max_total_num_tokens"):
+        merged["token_usage"] = merged["used_kv_tokens"] / merged["max_total_num_tokens"]
+    if "new_token_ratio" in merged:
+        merged["new_token_ratio"] = merged["new_token_ratio"] / len(replicas)
+    merged["dp_replicas"] = [dict(r) for r in replicas]
+    return merged
+
+
 class RequestError(Exception):
     """要以 HTTP 错误返回给客户端的问题。A problem to return to the client as an HTTP error."""
 
@@ -194,8 +221,16 @@ class TokenizerManager:
         # Send with a plain socket (PUSH hardly blocks, and an abort can go out synchronously in `finally`);
         # receive with an asyncio socket.
         self._ctx, self._actx = zmq.Context(), zmq.asyncio.Context()
-        self.send_to_scheduler = self._ctx.socket(zmq.PUSH)
-        self.send_to_scheduler.connect(ipc.scheduler)
+        # --dp-size N：每个副本一个 PUSH socket，DataParallelRouter 决定每个请求去哪个。
+        # With --dp-size N: one PUSH socket per replica; the DataParallelRouter picks one per request.
+        dp_size = getattr(server_args, "dp_size", 1)
+        self.router = DataParallelRouter(dp_size, getattr(server_args, "load_balance_method", "round_robin"))
+        self.send_to_schedulers = []
+        for dp in range(dp_size):
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.connect(ipc.scheduler_for(dp) if dp else ipc.scheduler)
+            self.send_to_schedulers.append(sock)
+        self.send_to_scheduler = self.send_to_schedulers[0]
         self.recv_from_workers = self._actx.socket(zmq.PULL)
         self.recv_from_workers.bind(ipc.tokenizer)
         self.rid_to_state: Dict[str, ReqState] = {}
@@ -210,7 +245,8 @@ class TokenizerManager:
     def close(self) -> None:
         if self._loop_task:
             self._loop_task.cancel()
-        self.send_to_scheduler.close(linger=0)
+        for sock in self.send_to_schedulers:
+            sock.close(linger=0)
         self.recv_from_workers.close(linger=0)
 
     # ======== 接收 / Receiving ========
@@ -293,7 +329,7 @@ class TokenizerManager:
             self.rid_to_state[s.rid] = s
         try:
             for r in reqs:
-                self.send_to_scheduler.send_pyobj(r)
+                self.send_to_schedulers[self.router.route(r.rid, r.input_ids)].send_pyobj(r)
             seen = [0] * len(states)
             while True:
                 if all(s.version == v for s, v in zip(states, seen)):
@@ -316,6 +352,7 @@ class TokenizerManager:
                 self.rid_to_state.pop(s.rid, None)
                 if not s.finished:
                     self.abort_request(s.rid)
+                self.router.finish(s.rid)
 
     async def _wait(self, event: asyncio.Event, request) -> None:
         if request is None:
@@ -333,7 +370,7 @@ class TokenizerManager:
         import zmq
 
         try:
-            self.send_to_scheduler.send_pyobj(AbortReq(rid), zmq.NOBLOCK)
+            self.send_to_schedulers[self.router.replica_of(rid)].send_pyobj(AbortReq(rid), zmq.NOBLOCK)
         except zmq.ZMQError as e:
             logger.warning("could not send abort for %s: %s", rid, e)
 
@@ -373,25 +410,33 @@ class TokenizerManager:
             task.cancel()  # 还没结束就中止它 / abort it if still running
 
     # ======== 控制 / Control ========
-    async def _control(self, msg, timeout: float = CONTROL_TIMEOUT_S):
+    async def _control(self, msg, timeout: float = CONTROL_TIMEOUT_S) -> list:
+        """发给每个副本并等齐所有回复（副本号顺序）。Send to every replica and await all replies, in replica order."""
         if self.dead:
             raise RequestError(self.dead, 503)
-        msg.id = new_rid()
-        fut = asyncio.get_running_loop().create_future()
-        self.control_waiters[msg.id] = fut
-        self.send_to_scheduler.send_pyobj(msg)
+        futs, base = [], new_rid()
+        for dp, sock in enumerate(self.send_to_schedulers):
+            m = copy.copy(msg)
+            m.id = f"{base}-{dp}"
+            fut = asyncio.get_running_loop().create_future()
+            self.control_waiters[m.id] = fut
+            futs.append((m.id, fut))
+            sock.send_pyobj(m)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return list(await asyncio.wait_for(asyncio.gather(*(f for _, f in futs)), timeout))
         except asyncio.TimeoutError:
             raise RequestError("the scheduler did not answer in time", 503) from None
         finally:
-            self.control_waiters.pop(msg.id, None)
+            for mid, _ in futs:
+                self.control_waiters.pop(mid, None)
 
     async def flush_cache(self) -> bool:
-        return (await self._control(FlushCacheReq())).success
+        return all(r.success for r in await self._control(FlushCacheReq()))
 
     async def get_scheduler_stats(self) -> Dict[str, Any]:
-        stats = (await self._control(GetInfoReq())).stats
+        stats = merge_replica_stats([r.stats for r in await self._control(GetInfoReq())])
+        if len(self.send_to_schedulers) > 1:
+            stats["dp_router"] = self.router.stats()
         if self.metrics is not None:
             self.metrics.set_scheduler_stats(stats)
         return stats

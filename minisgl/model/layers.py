@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from minisgl.model import fused_ops
+from minisgl.model.parallel_layers import ColumnParallelLinear, RowParallelLinear
 
 
 class RMSNorm(nn.Module):
@@ -100,8 +101,10 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        # 张量并行：gate_up 按列切（本地行 = [gate 的 I/N 行 | up 的 I/N 行]），down 按行切 + all_reduce。
+        # Tensor parallel: gate_up column-split (local rows = [I/N gate | I/N up]), down row-split + all-reduce.
+        self.gate_up_proj = ColumnParallelLinear(hidden_size, [intermediate_size, intermediate_size], bias=bias)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(fused_ops.silu_and_mul(self.gate_up_proj(x)))  # [N, 2I] → [N, I] → [N, hidden]

@@ -35,6 +35,8 @@
 #   - 残差：h = h + attn(norm(h))；h = h + mlp(norm(h))。
 #   - Qwen3 的 q_norm/k_norm 作用在每个头的 head_dim 上，在 RoPE 之前。
 #   - 每层参数量 ≈ hidden·(H+2Hkv)·D + H·D·hidden + 3·hidden·inter。
+#   - --tp-size N：线性层与词表都是 parallel_layers.py 里的并行版本，N == 1 时与普通层完全相同。
+#     With --tp-size N the linears and the vocabulary are the parallel versions (identical at N == 1).
 #
 # 【使用方式】Usage
 #   >>> model = LlamaForCausalLM(model_config)             # 结构；权重由 loader 装入
@@ -49,20 +51,25 @@ from torch import nn
 
 from minisgl.model.config import ModelConfig
 from minisgl.model.layers import MLP, RMSNorm, RotaryEmbedding
+from minisgl.model.parallel_layers import (
+    ParallelLMHead, QKVParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+)
 
 
 class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, rotary: RotaryEmbedding, qk_norm: bool):
         super().__init__()
         H, Hkv, D, hidden = config.num_heads, config.num_kv_heads, config.head_dim, config.hidden_size
-        self.layer_id, self.num_heads, self.num_kv_heads, self.head_dim = layer_id, H, Hkv, D
+        # q/k/v 三个投影合并成一个 GEMM（行：q | k | v），加载时由 loader 拼好。张量并行时每个 rank
+        # 只有自己的头（H/tp 个 q 头；KV 头 Hkv/tp 个，不够分时复制），o_proj 按行切并 all_reduce。
+        # q/k/v stacked into one GEMM (rows: q | k | v); the loader fills the three parts. Under tensor
+        # parallelism each rank holds only its heads, and o_proj is row-parallel (then all-reduced).
+        self.qkv_proj = QKVParallelLinear(hidden, D, H, Hkv, bias=config.attention_bias)
+        self.o_proj = RowParallelLinear(H * D, hidden, bias=False)
+        self.layer_id, self.head_dim = layer_id, D
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads  # 本 rank / this rank
         self.scaling = D**-0.5
-        bias = config.attention_bias
-        # q/k/v 三个投影合并成一个 GEMM（行：q | k | v），加载时由 loader 拼好。
-        # q/k/v stacked into one GEMM (rows: q | k | v); the loader fills the three parts.
-        self.q_size, self.kv_size = H * D, Hkv * D
-        self.qkv_proj = nn.Linear(hidden, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = nn.Linear(H * D, hidden, bias=False)
+        self.q_size, self.kv_size = self.num_heads * D, self.num_kv_heads * D
         self.qk_norm = qk_norm
         if qk_norm:  # Qwen3
             self.q_norm = RMSNorm(D, config.rms_norm_eps)
@@ -111,7 +118,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, qk_norm: bool):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary = RotaryEmbedding(config.head_dim, config.context_len, config.rope_theta, config.rope_scaling)
         self.layers = nn.ModuleList(
             [LlamaDecoderLayer(config, i, rotary, qk_norm) for i in range(config.num_layers)]
@@ -134,7 +141,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config, qk_norm=self.qk_norm)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -144,4 +151,4 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [n, hidden] → logits [n, V] (float32)."""
-        return self.lm_head(hidden).float()
+        return self.lm_head.compute_logits(hidden).float()

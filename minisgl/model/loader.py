@@ -20,7 +20,9 @@
 #   1. 找到所有 *.safetensors；没有就报错。Find the shards or fail.
 #   2. 在目标设备上建模型。Build the model on the target device.
 #   3. 逐个张量拷贝（跳过 rotary 的缓存和共享的 lm_head）；q/k/v、gate/up 拷进合并参数的对应行段。
+#      张量并行时每个参数的 weight_loader 只取本 rank 的那一片（model/parallel_layers.py）。
 #      Copy tensor by tensor; q/k/v and gate/up go into their row range of the stacked parameter.
+#      Under tensor parallelism each parameter's weight_loader keeps only this rank's slice.
 #   4. 检查没有漏装的参数，再转成目标 dtype、eval()。Check completeness, cast, eval().
 #
 # 【关键概念】Key Concepts
@@ -40,7 +42,9 @@ import os
 import torch
 from torch import nn
 
+from minisgl.distributed import get_tp_size
 from minisgl.model.config import ModelConfig
+from minisgl.model.parallel_layers import check_tp_shapes
 from minisgl.model.llama import LlamaForCausalLM
 from minisgl.model.qwen2 import Qwen2ForCausalLM
 from minisgl.model.qwen3 import Qwen3ForCausalLM
@@ -64,6 +68,7 @@ def load_model(config: ModelConfig, dtype: torch.dtype, device: str) -> nn.Modul
     files = sorted(glob.glob(os.path.join(config.model_path, "*.safetensors")))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in {config.model_path!r}")
+    check_tp_shapes(config.num_heads, config.num_kv_heads, config.intermediate_size, get_tp_size())
     with torch.device(device):
         model = MODEL_REGISTRY[config.architecture](config)
     params = dict(model.named_parameters())
@@ -73,12 +78,21 @@ def load_model(config: ModelConfig, dtype: torch.dtype, device: str) -> nn.Modul
             for name in f.keys():
                 if "rotary_emb" in name or (name == "lm_head.weight" and config.tie_word_embeddings):
                     continue
-                target, dest = _destination(name, params, config)
+                param, shard_id = _destination(name, params)
                 tensor = f.get_tensor(name)
-                if tensor.shape != dest.shape:
-                    raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}")
-                with torch.no_grad():
-                    dest.copy_(tensor)
+                # 张量并行的参数自己知道切哪一片（parallel_layers.py）；其余整块拷贝。
+                # Tensor-parallel parameters know which slice is theirs (parallel_layers.py); others copy whole.
+                weight_loader = getattr(param, "weight_loader", None)
+                if weight_loader is not None:
+                    try:
+                        weight_loader(param, tensor, shard_id)
+                    except (ValueError, RuntimeError) as e:
+                        raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}: {e}") from None
+                elif tensor.shape != param.shape:
+                    raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+                else:
+                    with torch.no_grad():
+                        param.copy_(tensor)
                 loaded.add(name)
     expected = set()
     for pname in params:  # 合并参数对应的检查点名字 / checkpoint names behind each stacked parameter
@@ -90,20 +104,17 @@ def load_model(config: ModelConfig, dtype: torch.dtype, device: str) -> nn.Modul
     return model.to(dtype).eval()
 
 
-def _destination(name: str, params: dict, config: ModelConfig):
-    """检查点张量名 → 它要拷进的参数切片。A checkpoint tensor's name → the parameter slice it fills."""
+def _destination(name: str, params: dict):
+    """检查点张量名 → (模型参数, 合并参数里的分片序号或 None)。
+
+    A checkpoint tensor's name → (the model parameter, its part index in a stacked parameter or None).
+    """
     for part, (stacked, shard) in STACKED_PARAMS.items():
         if f".{part}." in name:
             pname = name.replace(part, stacked)
             if pname not in params:
                 break
-            if stacked == "qkv_proj":
-                q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-                sizes = [q, kv, kv]
-            else:
-                sizes = [config.intermediate_size] * 2
-            start = sum(sizes[:shard])
-            return pname, params[pname].narrow(0, start, sizes[shard])  # 按行切 / rows of the stacked weight
+            return params[pname], shard  # q/k/v → qkv_proj 的第 0/1/2 段 / part 0/1/2 of qkv_proj
     if name not in params:
-        raise ValueError(f"unexpected weight {name!r} for {config.architecture}")
-    return name, params[name]
+        raise ValueError(f"unexpected weight {name!r} for this architecture")
+    return params[name], None

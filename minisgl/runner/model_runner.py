@@ -24,6 +24,10 @@
 #   1. 加载模型（model/loader.py）。Load the model.
 #   2. 估算 KV 池容量：GPU 用空闲显存 × mem_fraction_static，CPU 用固定预算。Size the pool.
 #   3. forward：attn_backend.init_forward_metadata → model → 取最后位置 → lm_head。
+#   --tp-size N：每个 rank 各有一个 ModelRunner，只存 1/N 的权重与 KV 头；KV 池的 token 数取各 rank
+#   的最小值，保证所有 rank 的调度决策一致（minisgl/distributed.py）。
+#   With --tp-size N each rank has its own ModelRunner with 1/N of the weights and KV heads; the
+#   pool's token count is the minimum over the ranks so every rank schedules identically.
 #
 # 【关键概念】Key Concepts
 #   - extend 时只有每个请求最后一个 token 需要 logits：对 1,000 token 的 prompt，LM head 少算 999 行
@@ -43,6 +47,7 @@ import logging
 
 import torch
 
+from minisgl import distributed
 from minisgl.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool, TokenToKVPoolAllocator
 from minisgl.model import ModelConfig, load_model
 from minisgl.runner.forward_batch import ForwardBatch
@@ -68,6 +73,8 @@ class ModelRunner:
         self.model_config = model_config or ModelConfig.from_pretrained(args.model_path, args.context_length)
         self.model = load_model(self.model_config, self.dtype, self.device)
         self.vocab_size = self.model_config.vocab_size
+        attn = self.model.model.layers[0].self_attn
+        self.num_heads, self.num_kv_heads = attn.num_heads, attn.num_kv_heads  # 本 rank / this rank's heads
         # ======== 第2步：KV 池 / Step 2: the KV pool ========
         self.page_size = args.page_size
         self.max_total_num_tokens = self._profile_max_num_tokens()
@@ -76,7 +83,7 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(args.max_running_requests + 1, cfg.context_len + 4, self.device)
         self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(self.max_total_num_tokens, self.page_size, self.device)
         self.token_to_kv_pool = TokenToKVPool(
-            self.max_total_num_tokens, self.page_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+            self.max_total_num_tokens, self.page_size, cfg.num_layers, self.num_kv_heads, cfg.head_dim,
             self.dtype, self.device,
         )
         # 哑行 0：CUDA graph 的填充行指向它。Dummy row 0: padded CUDA-graph rows point here.
@@ -94,7 +101,7 @@ class ModelRunner:
     def _profile_max_num_tokens(self) -> int:
         """KV 池能放多少 token。How many tokens the KV pool holds (whole pages)."""
         cfg, args = self.model_config, self.server_args
-        per_token = TokenToKVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        per_token = TokenToKVPool.bytes_per_token(cfg.num_layers, self.num_kv_heads, cfg.head_dim, self.dtype)
         if args.max_total_tokens is not None:
             n = args.max_total_tokens
         elif self.device == "cuda":
@@ -107,6 +114,8 @@ class ModelRunner:
             n = min(CPU_KV_BUDGET_BYTES // per_token, CPU_MAX_TOTAL_TOKENS)
         # 超过“所有请求都跑满上下文”的容量没有用处。More than every request at full context is never used.
         n = min(n, args.max_running_requests * cfg.context_len)
+        # 各 rank 空闲显存可能不同，但调度必须一致：取最小值。Ranks may differ in free memory; schedule on the minimum.
+        n = distributed.all_reduce_min(n)
         n = n // self.page_size * self.page_size
         logger.info("KV pool: %d tokens (%.1f MiB, %d bytes/token)", n, n * per_token / 2**20, per_token)
         return n

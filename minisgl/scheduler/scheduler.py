@@ -63,6 +63,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from minisgl import distributed
 from minisgl.io_struct import BatchTokenIDOut, TokenizedGenerateReqInput
 from minisgl.mem_cache.chunk_cache import ChunkCache
 from minisgl.mem_cache.radix_cache import RadixCache
@@ -223,6 +224,9 @@ class Scheduler:
         fb = self._prepare_extend(batch) if mode.is_extend() else self._prepare_decode(batch)
         logits = self.model_runner.forward(fb)
         next_ids, bad_rows = self.sampler(logits, batch)
+        # 张量并行：所有 rank 用 rank 0 采出的 token，调度状态因此逐步一致（tp=1 时什么也不做）。
+        # Tensor parallel: every rank takes rank 0's tokens, so all schedulers stay in step (no-op at tp=1).
+        next_ids = distributed.broadcast_tensor(next_ids)
         self.forward_ct += 1
         self.process_batch_result(batch, mode, next_ids.tolist(), bad_rows, out)
         return StepOutput(mode, [r.rid for r in batch], len(fb.input_ids), out, retracted,

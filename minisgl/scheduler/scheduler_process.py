@@ -30,6 +30,11 @@
 #   2. 循环：没有活时阻塞在 socket 上 → 非阻塞地收完所有消息 → 有活就 step() → 发送产出。
 #      Loop: block on the socket when idle → drain all messages without blocking → step() → send.
 #   3. 收到 SIGTERM（父进程关机）直接退出；父进程死了 PDEATHSIG 也会让它退出（不留孤儿）。
+#   --tp-size N：每个 rank 一个这样的进程。只有 rank 0（leader）有 socket；它把每轮收到的消息
+#   broadcast_pyobj 给其他 rank（follower），大家处理同样的消息、跑同样的 step()，只有 rank 0 发出结果。
+#   With --tp-size N there is one such process per rank. Only rank 0 (the leader) has sockets; it
+#   broadcasts each round's messages to the followers, all handle the same messages and run the
+#   same step(), and only rank 0 sends results.
 #
 # 【关键概念】Key Concepts
 #   - 一步之前先把积压的消息全部收完：同一时刻到达的 64 个请求进同一个 prefill batch。
@@ -51,6 +56,7 @@ import logging
 import os
 from typing import Optional
 
+from minisgl import distributed
 from minisgl.io_struct import (
     AbortReq, BatchTokenIDOut, FlushCacheReq, FlushCacheReqOutput, GetInfoReq, GetInfoReqOutput,
     TokenizedGenerateReqInput,
@@ -67,6 +73,10 @@ class SchedulerLoop:
 
     def __init__(self, scheduler, recv_from_tokenizer, send_to_detokenizer, send_to_tokenizer,
                  max_queued: Optional[int] = None):
+        """三个 socket 都是 None 时这是张量并行的 follower：消息来自 rank 0 的广播。
+
+        With all three sockets None this is a tensor-parallel follower: messages come from rank 0's broadcast.
+        """
         import zmq
 
         self.scheduler = scheduler
@@ -74,20 +84,32 @@ class SchedulerLoop:
         self.send_to_detokenizer = send_to_detokenizer
         self.send_to_tokenizer = send_to_tokenizer
         self.max_queued = max_queued
+        self.is_leader = recv_from_tokenizer is not None
         self.poller = zmq.Poller()
-        self.poller.register(recv_from_tokenizer, zmq.POLLIN)
+        if self.is_leader:
+            self.poller.register(recv_from_tokenizer, zmq.POLLIN)
         self.rejected = BatchTokenIDOut()  # 队列已满被拒的请求 / refused because the queue was full
 
     def recv_requests(self) -> None:
-        """非阻塞地收完所有积压消息并处理。Drain and handle every pending message without blocking."""
+        """非阻塞地收完所有积压消息，广播给其他 rank，再处理。
+
+        Drain every pending message without blocking, broadcast them to the other ranks (a no-op
+        without tensor parallelism), then handle them — on every rank, in the same order.
+        """
         import zmq
 
-        while True:
+        msgs = []
+        while self.is_leader:
             try:
-                msg = self.recv_from_tokenizer.recv_pyobj(zmq.NOBLOCK)
+                msgs.append(self.recv_from_tokenizer.recv_pyobj(zmq.NOBLOCK))
             except zmq.Again:
-                return
+                break
+        for msg in distributed.broadcast_pyobj(msgs):
             self.handle(msg)
+
+    def _send(self, sock, obj) -> None:
+        if sock is not None:  # follower 不发送 / followers send nothing
+            sock.send_pyobj(obj)
 
     def handle(self, msg) -> None:
         sched = self.scheduler
@@ -102,29 +124,31 @@ class SchedulerLoop:
         elif isinstance(msg, AbortReq):
             sched.abort_request(msg.rid)
         elif isinstance(msg, FlushCacheReq):
-            self.send_to_tokenizer.send_pyobj(FlushCacheReqOutput(msg.id, sched.flush_cache()))
+            self._send(self.send_to_tokenizer, FlushCacheReqOutput(msg.id, sched.flush_cache()))
         elif isinstance(msg, GetInfoReq):
             stats = {**sched.get_stats(), "max_queued_requests": self.max_queued,
                      "max_running_requests": sched.max_running_requests}
-            self.send_to_tokenizer.send_pyobj(GetInfoReqOutput(msg.id, stats))
+            self._send(self.send_to_tokenizer, GetInfoReqOutput(msg.id, stats))
         else:
             logger.warning("scheduler: ignoring an unknown message %r", type(msg).__name__)
 
     def run_once(self) -> None:
         """一轮：（空闲时阻塞）收消息 → 跑一步 → 发送。One round: (block when idle) recv → step → send."""
         sched = self.scheduler
-        if not sched.has_work() and not len(self.rejected):
-            self.poller.poll()  # 空闲：睡在 socket 上，不占 CPU / idle: sleep on the socket
+        if not sched.has_work() and not len(self.rejected) and self.is_leader:
+            # 空闲：睡在 socket 上，不占 CPU（follower 睡在下一次广播上）。
+            # Idle: sleep on the socket (a follower sleeps in the next broadcast instead).
+            self.poller.poll()
         self.recv_requests()
         if len(self.rejected):
-            self.send_to_detokenizer.send_pyobj(self.rejected)
+            self._send(self.send_to_detokenizer, self.rejected)
             self.rejected = BatchTokenIDOut()
         if not sched.has_work():
             return
         step = sched.step()
         if len(step.out):
-            self.send_to_detokenizer.send_pyobj(step.out)
-        elif step.forward_mode is None:
+            self._send(self.send_to_detokenizer, step.out)
+        elif step.forward_mode is None and self.is_leader:
             # 有活但这一步什么也没做（例如在等内存）：等一下新消息，别空转。
             # Work exists but nothing ran (e.g. waiting for memory): wait briefly for messages, don't spin.
             self.poller.poll(IDLE_SPIN_WAIT_MS)
@@ -134,13 +158,14 @@ class SchedulerLoop:
             self.run_once()
 
 
-def run_scheduler_process(server_args, ipc, ready_writer) -> None:
+def run_scheduler_process(server_args, ipc, ready_writer, tp_rank: int = 0, dp_rank: int = 0) -> None:
     """调度进程入口（由 launch.py 以 spawn 启动）。Entry of the scheduler process (spawned by launch.py).
 
     【工作流程】Workflow
-      1. 加载模型、建 KV 池与 Scheduler（这一步最慢）。Load the model, KV pool, Scheduler (slowest part).
-      2. 绑定/连接 socket，经管道回报就绪与模型信息（上下文长度、词表、KV 容量）。
-      3. run_forever()。
+      1. 张量并行时先加入本副本的进程组（GPU：每个 rank 一张卡）。Join the TP group (one GPU per rank).
+      2. 加载模型（本 rank 的分片）、建 KV 池与 Scheduler（这一步最慢）。Load this rank's shard, pool, Scheduler.
+      3. rank 0 绑定/连接 socket；经管道回报就绪与模型信息（上下文长度、词表、KV 容量）。
+      4. run_forever()。
     """
     import zmq
 
@@ -149,21 +174,29 @@ def run_scheduler_process(server_args, ipc, ready_writer) -> None:
 
     child_process_setup()
     configure_logging(server_args.log_level)
+    name = "scheduler" + (f" (dp {dp_rank}, tp {tp_rank})" if server_args.tp_size * server_args.dp_size > 1 else "")
     try:
+        if server_args.device == "cuda":
+            import torch
+
+            torch.cuda.set_device(dp_rank * server_args.tp_size + tp_rank)  # 每个 rank 一张卡 / one GPU per rank
+        distributed.init_distributed(tp_rank, server_args.tp_size, ipc.dist_init_method(dp_rank), server_args.device)
         from minisgl.runner.model_runner import ModelRunner
         from minisgl.scheduler.scheduler import Scheduler
 
         runner = ModelRunner(server_args)
         scheduler = Scheduler(server_args, model_runner=runner)
-        ctx = zmq.Context()
-        recv = ctx.socket(zmq.PULL)
-        recv.bind(ipc.scheduler)
-        to_detok = ctx.socket(zmq.PUSH)
-        to_detok.connect(ipc.detokenizer)
-        to_tok = ctx.socket(zmq.PUSH)
-        to_tok.connect(ipc.tokenizer)
+        recv = to_detok = to_tok = None
+        if tp_rank == 0:  # 只有 leader 和外界说话 / only the leader talks to the outside
+            ctx = zmq.Context()
+            recv = ctx.socket(zmq.PULL)
+            recv.bind(ipc.scheduler_for(dp_rank))
+            to_detok = ctx.socket(zmq.PUSH)
+            to_detok.connect(ipc.detokenizer)
+            to_tok = ctx.socket(zmq.PUSH)
+            to_tok.connect(ipc.tokenizer)
     except Exception:
-        report_startup_error(ready_writer, "scheduler")
+        report_startup_error(ready_writer, name)
         raise SystemExit(1)
     cfg = scheduler.model_config
     ready_writer.send({"status": "ready", "pid": os.getpid(), "context_len": cfg.context_len, "vocab_size": cfg.vocab_size,

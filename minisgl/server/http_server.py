@@ -254,7 +254,7 @@ def create_app(tm, args, info: Dict[str, Any]) -> FastAPI:
         server_args = dataclasses.asdict(args)
         server_args["api_key"] = "***" if args.api_key else None  # 不回显密钥 / never echo the key
         return {**stats, "model_path": args.model_path, "server_args": server_args, "version": _version(),
-                "scheduler_pid": info.get("pid")}
+                "scheduler_pid": info.get("pid"), "scheduler_pids": info.get("scheduler_pids")}
 
     @app.get("/health")
     async def health():

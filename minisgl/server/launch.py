@@ -23,6 +23,9 @@
 # 【核心架构】Architecture
 #   launch_server (HTTP 进程 / the HTTP process)
 #    ├─ spawn ─► run_scheduler_process    PULL ipc://<dir>/scheduler    (model + Scheduler)
+#    │           --tp-size N：每个 rank 一个（只有 rank 0 有 socket）；--dp-size M：M 个副本，
+#    │           副本 i 的地址是 scheduler-dp<i>，由 TokenizerManager 的 DataParallelRouter 选。
+#    │           One per TP rank (only rank 0 has sockets); M replicas, chosen by the router.
 #    ├─ spawn ─► run_detokenizer_process  PULL ipc://<dir>/detokenizer
 #    ├─ TokenizerManager                  PULL ipc://<dir>/tokenizer    (asyncio)
 #    ├─ uvicorn + FastAPI app (http_server.create_app)
@@ -97,6 +100,14 @@ class IpcNames:
         os.chmod(d, 0o700)
         return cls(d, f"ipc://{d}/scheduler", f"ipc://{d}/detokenizer", f"ipc://{d}/tokenizer")
 
+    def scheduler_for(self, dp_rank: int) -> str:
+        """第 dp_rank 个数据并行副本的调度地址。The scheduler address of data-parallel replica dp_rank."""
+        return self.scheduler if dp_rank == 0 else f"{self.scheduler}-dp{dp_rank}"
+
+    def dist_init_method(self, dp_rank: int) -> str:
+        """副本内 TP 进程组的会合文件（同一个私有目录，不占端口）。The TP group's rendezvous file."""
+        return f"file://{self.dir}/dist-init-dp{dp_rank}"
+
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -146,10 +157,18 @@ class ChildProcesses:
         # A child needs seconds (importing torch) before it can ignore SIGINT itself: SIG_IGN set here
         # survives exec, so a Ctrl-C during start-up prints no traceback from the children.
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # 每个数据并行副本的每个 TP rank 一个调度进程；(0, 0) 就叫 "scheduler"。
+        # One scheduler process per (DP replica, TP rank); (0, 0) is plain "scheduler".
+        targets = []
+        for dp in range(self.args.dp_size):
+            for tp in range(self.args.tp_size):
+                name = "scheduler" + (f"-dp{dp}" if dp else "") + (f"-tp{tp}" if tp else "")
+                targets.append((name, run_scheduler_process, (tp, dp)))
+        targets.append(("detokenizer", run_detokenizer_process, ()))
         try:
-            for name, target in (("scheduler", run_scheduler_process), ("detokenizer", run_detokenizer_process)):
+            for name, target, extra in targets:
                 reader, writer = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=target, args=(self.args, self.ipc, writer), name=f"minisgl-{name}",
+                proc = ctx.Process(target=target, args=(self.args, self.ipc, writer, *extra), name=f"minisgl-{name}",
                                    daemon=True)
                 proc.start()
                 writer.close()  # 只留子进程那一端 / only the child keeps the write end
@@ -179,7 +198,10 @@ class ChildProcesses:
                 if not self.procs[name].is_alive():
                     raise StartupError(f"the {name} process exited during start-up "
                                        f"(exit code {self.procs[name].exitcode})")
-        return infos["scheduler"]
+        info = dict(infos["scheduler"])
+        # 所有副本的 leader 的 pid（/get_server_info 报告）。The pids of every replica's leader.
+        info["scheduler_pids"] = [infos[n]["pid"] for n, *_ in targets if n.startswith("scheduler") and "-tp" not in n]
+        return info
 
     def dead_child(self) -> Optional[str]:
         for name, proc in self.procs.items():
@@ -243,7 +265,10 @@ def launch_server(server_args: ServerArgs) -> int:
             # 环境变量里的 key：不出现在 `ps` 看得到的命令行里。A key from the environment stays out of argv.
             server_args = dataclasses.replace(server_args, api_key=os.environ[API_KEY_ENV])
         args = server_args.resolve()
-        ModelConfig.from_pretrained(args.model_path, args.context_length)
+        cfg = ModelConfig.from_pretrained(args.model_path, args.context_length)
+        from minisgl.model.parallel_layers import check_tp_shapes
+
+        check_tp_shapes(cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size, args.tp_size)
         tokenizer = load_tokenizer(args.tokenizer_path)
         sock = _bind_socket(args.host, args.port)
     except BaseException:

@@ -90,7 +90,8 @@ class TritonAttnBackend:
     def __init__(self, model_runner):
         cfg = model_runner.model_config
         self.device = model_runner.device
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        # 本 rank 的头数（张量并行时是总数的 1/N）。This rank's heads (1/N of the total under TP).
+        self.num_heads, self.num_kv_heads, self.head_dim = model_runner.num_heads, model_runner.num_kv_heads, cfg.head_dim
         self.req_to_token = model_runner.req_to_token_pool.req_to_token
         max_bs = model_runner.req_to_token_pool.size
         self.max_kv_splits = MAX_KV_SPLITS
