@@ -58,3 +58,28 @@ def test_rope(dtype, heads):
 def test_silu_and_mul(dtype, inter):
     x = torch.randn(6, 2 * inter, device=DEV).to(dtype)
     close(fused_ops.silu_and_mul(x, force_triton=True), fused_ops.silu_and_mul_ref(x), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsnorm_over_strided_heads(dtype):
+    """q/k norm 直接读 qkv 里的非连续视图 [N, H, D]。q/k norm reads the strided [N, H, D] view of qkv."""
+    N, H, Hkv, D = 5, 4, 2, 16
+    qkv = torch.randn(N, (H + 2 * Hkv) * D, device=DEV).to(dtype)
+    k = qkv[:, H * D:(H + Hkv) * D].view(N, Hkv, D)
+    assert not k.is_contiguous()
+    w = (1 + 0.3 * torch.randn(D, device=DEV)).to(dtype)
+    close(fused_ops.rmsnorm(k, w, 1e-6, force_triton=True), fused_ops.rmsnorm_ref(k, w, 1e-6), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [2, 3])  # 3·16 = 48：不是 2 的幂 / not a power of two
+def test_store_kv(dtype, heads):
+    N, D, slots = 6, 16, 20
+    qkv = torch.randn(N, 3 * heads * D, device=DEV).to(dtype)  # k/v 是非连续视图 / strided views
+    k = qkv[:, heads * D:2 * heads * D].view(N, heads, D)
+    v = qkv[:, 2 * heads * D:].view(N, heads, D)
+    loc = torch.tensor([3, 0, 19, 7, 8, 12], device=DEV)
+    bufs = [torch.zeros(slots, heads, D, dtype=dtype, device=DEV) for _ in range(4)]
+    fused_ops.store_kv_(bufs[0], bufs[1], loc, k, v, force_triton=True)
+    bufs[2][loc], bufs[3][loc] = k, v
+    assert torch.equal(bufs[0], bufs[2]) and torch.equal(bufs[1], bufs[3])

@@ -53,6 +53,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from minisgl.model import fused_ops
+
 
 class ReqToTokenPool:
     """请求 → token 槽位的映射表（每个正在运行的请求占一行）。One row per running request.
@@ -209,5 +211,6 @@ class TokenToKVPool:
 
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """把新 token 的 K/V 写入槽位 loc。Store the new tokens' K/V ([N, Hkv, D]) at slots loc ([N])."""
-        self.k_buffer[layer_id][loc] = k.to(self.dtype)
-        self.v_buffer[layer_id][loc] = v.to(self.dtype)
+        # GPU 上一个 Triton kernel 同时写 K 和 V（model/fused_ops.py）；CPU 上是两次索引赋值。
+        # One Triton kernel writes both on the GPU (model/fused_ops.py); two indexed stores on the CPU.
+        fused_ops.store_kv_(self.k_buffer[layer_id], self.v_buffer[layer_id], loc, k, v)

@@ -95,13 +95,17 @@ def silu_and_mul_ref(gate_up):
 if HAS_TRITON:
 
     @triton.jit
-    def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, N, eps,
+    def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, stride_xn, stride_xh, stride_r, stride_o, H, N, eps,
                         HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
-        # 一个 program = 一行（一个 token 的 hidden 向量）。One program = one row.
+        # 一个 program = 一行（一个 token 的 hidden 向量，或 q/k norm 时一个 token 的一个头）。
+        # 按 (token, 头) 两个步长寻址：q/k 是合并的 qkv 张量里的非连续视图，不必先拷成连续的。
+        # One program = one row (a token's hidden vector, or one head of a token for q/k norm),
+        # addressed by (token, head) strides: q/k are strided views into qkv, read without a copy.
         row = tl.program_id(0)
+        tok, head = row // H, row % H
         cols = tl.arange(0, BLOCK)
         mask = cols < N  # hidden 不是 2 的幂时，多出来的列不读不写 / padding columns
-        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+        x = tl.load(x_ptr + tok * stride_xn + head * stride_xh + cols, mask=mask, other=0.0)
         if HAS_RES:
             # residual ← x + residual（在存储 dtype 里舍入一次，与 HF 的 h + attn_out 相同）
             x = (x.to(tl.float32) + tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32))
@@ -113,6 +117,21 @@ if HAS_TRITON:
         w = tl.load(w_ptr + cols, mask=mask, other=0.0)
         out = (w.to(tl.float32) * y.to(tl.float32)).to(out_ptr.dtype.element_ty)  # HF: weight * hidden
         tl.store(out_ptr + row * stride_o + cols, out, mask=mask)
+
+    @triton.jit
+    def _store_kv_kernel(k_ptr, v_ptr, k_buf_ptr, v_buf_ptr, loc_ptr, stride_kn, stride_kh, stride_vn, stride_vh,
+                         stride_buf, HKV, D: tl.constexpr, BLOCK: tl.constexpr):
+        # 一个 program = 一个新 token：它所有 KV 头的 K 和 V 写进槽位 loc[n]（池里是连续的一行）。
+        # One program = one new token: K and V of all its KV heads go to slot loc[n] (one contiguous pool row).
+        n = tl.program_id(0)
+        slot = tl.load(loc_ptr + n).to(tl.int64)
+        i = tl.arange(0, BLOCK)
+        mask = i < HKV * D
+        h, d = i // D, i % D
+        k = tl.load(k_ptr + n * stride_kn + h * stride_kh + d, mask=mask)
+        v = tl.load(v_ptr + n * stride_vn + h * stride_vh + d, mask=mask)
+        tl.store(k_buf_ptr + slot * stride_buf + i, k.to(k_buf_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_buf_ptr + slot * stride_buf + i, v.to(v_buf_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _rope_kernel(q_ptr, k_ptr, pos_ptr, cos_ptr, sin_ptr, stride_qn, stride_qh, stride_kn, stride_kh,
@@ -165,15 +184,43 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optiona
     """
     if not (force_triton or _use_triton(x)):
         return rmsnorm_ref(x, weight, eps, residual)
-    x2 = x.reshape(-1, x.shape[-1])
-    out = torch.empty_like(x2)
-    res2 = residual.view(-1, x.shape[-1]) if residual is not None else x2
-    n = x2.shape[-1]
-    _rmsnorm_kernel[(x2.shape[0],)](x2, res2, weight, out, x2.stride(0), res2.stride(0), out.stride(0), n, eps,
-                                    HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n),
-                                    num_warps=4 if n <= 2048 else 8)
-    out = out.view(x.shape)
+    n, shape = x.shape[-1], x.shape
+    assert x.stride(-1) == 1
+    if x.dim() == 3 and residual is None:  # [N, H, D]：q/k norm，可以是非连续视图 / may be a strided view
+        tokens, heads = x.shape[0], x.shape[1]
+        stride_xn, stride_xh = x.stride(0), x.stride(1)
+    else:
+        x = x.reshape(-1, n)  # 2 维时不拷贝 / no copy for a 2-D row-major tensor
+        tokens, heads, stride_xn, stride_xh = x.shape[0], 1, x.stride(0), 0
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    res2 = residual.view(-1, n) if residual is not None else out
+    block = triton.next_power_of_2(n)
+    # 短行（q/k norm 的 head_dim=128）一个 warp 就够；长行多几个 warp。One warp for short rows.
+    warps = 1 if block <= 256 else (4 if block <= 2048 else 8)
+    _rmsnorm_kernel[(tokens * heads,)](x, res2, weight, out, stride_xn, stride_xh, res2.stride(0), n, heads, n,
+                                       eps, HAS_RES=residual is not None, BLOCK=block, num_warps=warps)
+    out = out.view(shape)
     return out if residual is None else (out, residual)
+
+
+def store_kv_(k_buffer: torch.Tensor, v_buffer: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              force_triton: bool = False) -> None:
+    """把新 token 的 K/V（[N, Hkv, D]，可为非连续视图）写进池的槽位 loc [N]。
+
+    Store the new tokens' K/V ([N, Hkv, D], strided views allowed) at pool slots loc [N]: one kernel
+    for both, instead of two index_put_ calls (each of which first copies a strided v).
+    """
+    if not (force_triton or _use_triton(k)):
+        k_buffer[loc] = k.to(k_buffer.dtype)
+        v_buffer[loc] = v.to(v_buffer.dtype)
+        return
+    N, hkv, d = k.shape
+    if N == 0:
+        return
+    assert k.stride(-1) == 1 and v.stride(-1) == 1 and k_buffer.is_contiguous() and v_buffer.is_contiguous()
+    block = triton.next_power_of_2(hkv * d)
+    _store_kv_kernel[(N,)](k, v, k_buffer, v_buffer, loc, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                           k_buffer.stride(0), hkv, D=d, BLOCK=block, num_warps=4 if block >= 512 else 1)
 
 
 def rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
