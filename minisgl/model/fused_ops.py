@@ -6,11 +6,12 @@
 #   模型里最常见的三段“小运算”，各写成一个 Triton kernel：
 #     1. rmsnorm(x, w[, residual])：可选先做残差加法（residual += x，原地），再归一化；
 #     2. rope_(q, k, positions, cos, sin)：对 q、k 原地做旋转位置编码；
-#     3. silu_and_mul(gate_up)：SiLU(gate) * up。
+#     3. silu_and_mul(gate_up)：SiLU(gate) * up；
+#     4. store_kv_(k_buf, v_buf, loc, k, v)：把新 token 的 K/V 一次写进 KV 池的槽位。
 #   每个函数都有纯 torch 的参考实现（CPU 上用它），GPU 上走 Triton。
 #   The three commonest small operations of the model, each one Triton kernel: RMSNorm with an
 #   optional fused residual add (residual updated in place), in-place RoPE on q and k, and
-#   SiLU(gate)·up. Each has a plain-torch reference used on CPU; on the GPU the kernels run.
+#   SiLU(gate)·up, and the store of new K/V into the pool's slots. Each has a plain-torch reference used on CPU; on the GPU the kernels run.
 #
 # 【生活比喻】Metaphor
 #   一次出门办完几件事：不融合时，每个小运算都要把整张表从显存搬进来再搬回去（出门六趟）；
@@ -22,6 +23,7 @@
 #   layers.RMSNorm.forward ──► rmsnorm()        ──x.is_cuda──► _rmsnorm_kernel   否则 / else torch
 #   layers.RotaryEmbedding ──► rope_()          ──x.is_cuda──► _rope_kernel
 #   layers.MLP             ──► silu_and_mul()   ──x.is_cuda──► _silu_mul_kernel
+#   TokenToKVPool.set_kv_buffer ──► store_kv_() ──x.is_cuda──► _store_kv_kernel
 #
 # 【工作流程】Workflow
 #   每个 kernel：一个 program 处理一行（一个 token）：读入 → float32 里计算 → 写回。
@@ -35,12 +37,16 @@
 #     kernel 在同样的位置 .to(dtype)，所以 bf16 结果也几乎逐位相同，float32 下完全一致。
 #     Rounding follows HF: the kernels round to the storage dtype where HF's torch ops do.
 #   - 残差融合（SGLang/vLLM 的写法）：residual ← residual + x；x ← RMSNorm(residual)，一次读写完成。
+#   - 非连续视图：q/k norm 与 store_kv_ 直接按步长读 qkv 里的 q/k/v，不先拷成连续张量——每层省掉几次拷贝
+#     （H200 上 bs 256 时，这些拷贝和两次 index_put_ 约占 GPU 时间的 12%，bench/profile_step.py --kernels）。
+#     Strided views: q/k norm and store_kv_ read q/k/v inside qkv by strides, with no copy first.
 #
 # 【使用方式】Usage
 #   >>> y = rmsnorm(x, weight, 1e-6)                  # x: [N, hidden]
 #   >>> y, residual = rmsnorm(x, weight, 1e-6, residual)
 #   >>> rope_(q, k, positions, cos_cache, sin_cache)   # q: [N, H, D], k: [N, Hkv, D]（原地 / in place）
 #   >>> out = silu_and_mul(gate_up)                   # [N, 2I] → [N, I]
+#   >>> store_kv_(k_buffer, v_buffer, loc, k, v)       # k, v: [N, Hkv, D] → 槽位 loc [N] / slots loc
 #
 # 【对应章节】Chapter: docs/zh/07-model-inference.md
 # ================================================================================
