@@ -150,6 +150,8 @@ class DetokenizerManager:
         self.states: Dict[str, IncrementalDetokenizer] = {}
         self.held: Dict[str, List[int]] = {}  # 非流式：全部输出 token / non-stream: every output id so far
         self.sent: Dict[str, int] = {}  # 非流式：已发出的 token 数 / non-stream: ids already sent
+        # 非流式且要 logprob：与 held 对齐的 (token logprobs, top logprobs) / aligned with held
+        self.held_logprobs: Dict[str, tuple] = {}
 
     def handle(self, out: BatchTokenIDOut) -> BatchStrOut:
         res = BatchStrOut()
@@ -159,28 +161,40 @@ class DetokenizerManager:
                 detok = self.states[rid] = IncrementalDetokenizer(
                     self.tokenizer, out.prompt_tails[i], out.skip_special_tokens[i], out.stop_strs[i])
             new_ids, reason = out.output_ids[i], out.finished_reasons[i]
+            token_lps, top_lps = out.logprobs(i)
             finished = reason is not None
             if out.streams[i]:
                 detok.append(new_ids)
             else:
                 held = self.held.setdefault(rid, [])
                 held.extend(new_ids)
+                if token_lps is not None:  # logprobs 跟着 token 一起扣住 / held back with their tokens
+                    held_lps = self.held_logprobs.setdefault(rid, ([], []))
+                    held_lps[0].extend(token_lps)
+                    held_lps[1].extend(top_lps or [])
                 first = bool(new_ids) and len(held) == len(new_ids)
                 if not finished and not first:
                     continue  # 没人在读：不解码、不发送 / nobody reads it: no decode, no message
                 if finished:
                     detok.append(held)  # 一次解码全部（同离线 Engine）/ decode all at once (as the Engine)
-                new_ids, self.sent[rid] = held[self.sent.get(rid, 0):], len(held)
+                start = self.sent.get(rid, 0)
+                new_ids, self.sent[rid] = held[start:], len(held)
+                if token_lps is not None:
+                    token_lps = held_lps[0][start:]
+                    top_lps = held_lps[1][start:] if top_lps is not None else None
             if finished:
                 detok.flush()
                 del self.states[rid]  # 请求结束：状态随之释放 / the request ended: drop its state
                 self.held.pop(rid, None)
                 self.sent.pop(rid, None)
+                self.held_logprobs.pop(rid, None)
             matched = reason.get("matched") if reason and isinstance(reason.get("matched"), str) else None
             res.rids.append(rid)
             res.texts.append(detok.take(finished, matched))
             res.output_ids.append(list(new_ids))
             res.finished.append(finished)
+            res.output_token_logprobs.append(token_lps)
+            res.output_top_logprobs.append(top_lps)
             res.meta_info.append({"id": rid, "finish_reason": reason, "prompt_tokens": out.prompt_tokens[i],
                                   "completion_tokens": out.completion_tokens[i],
                                   "cached_tokens": out.cached_tokens[i]})

@@ -74,6 +74,8 @@ class _ReqState:
         self.meta: Dict[str, Any] = {"id": rid, "finish_reason": None}
         self.finished = False
         self.created = time.perf_counter()
+        self.token_logprobs: Optional[list] = None  # 要 logprob 时才有 / only when asked
+        self.top_logprobs: Optional[list] = None
 
     def update(self, out: BatchTokenIDOut, i: int) -> Optional[Dict[str, Any]]:
         """吸收调度器的一条输出，返回增量（非流式且未结束时返回 None）。
@@ -83,6 +85,13 @@ class _ReqState:
         """
         new_ids = out.output_ids[i]
         self.output_ids.extend(new_ids)
+        new_lps, new_tops = out.logprobs(i)
+        if new_lps is not None:
+            self.token_logprobs = self.token_logprobs if self.token_logprobs is not None else []
+            self.token_logprobs.extend(new_lps)
+        if new_tops is not None:
+            self.top_logprobs = self.top_logprobs if self.top_logprobs is not None else []
+            self.top_logprobs.extend(new_tops)
         reason = out.finished_reasons[i]
         if not self.stream and reason is None:
             return None
@@ -102,11 +111,21 @@ class _ReqState:
             cached_tokens=out.cached_tokens[i],
             e2e_latency=time.perf_counter() - self.created,
         )
-        return {"text": delta, "output_ids": list(new_ids), "meta_info": dict(self.meta)}
+        # 流式增量里的 logprobs 与这次的 output_ids 对齐。A stream delta's logprobs match its output_ids.
+        return {"text": delta, "output_ids": list(new_ids),
+                "meta_info": self._with_logprobs(new_lps, new_tops)}
+
+    def _with_logprobs(self, token_logprobs, top_logprobs) -> Dict[str, Any]:
+        meta = dict(self.meta)
+        if token_logprobs is not None:
+            meta["output_token_logprobs"] = list(token_logprobs)
+        if top_logprobs is not None:
+            meta["output_top_logprobs"] = list(top_logprobs)
+        return meta
 
     def result(self) -> Dict[str, Any]:
         return {"text": self.detok.text[: self.detok.sent], "output_ids": list(self.output_ids),
-                "meta_info": dict(self.meta)}
+                "meta_info": self._with_logprobs(self.token_logprobs, self.top_logprobs)}
 
 
 class Engine:
@@ -146,13 +165,26 @@ class Engine:
         input_ids: Optional[Union[List[int], List[List[int]]]] = None,
         stream: bool = False,
         rid: Optional[Union[str, List[str]]] = None,
+        return_logprob: Union[bool, List[bool]] = False,
+        top_logprobs_num: Union[int, List[int]] = 0,
+        lora_path: Optional[Union[str, List[Optional[str]]]] = None,
     ):
-        """生成文字（见文件头的工作流程）。Generate text; see the workflow in the file header."""
+        """生成文字（见文件头的工作流程）。Generate text; see the workflow in the file header.
+
+        lora_path (SGLang's name): the name of a LoRA adapter loaded with lora_paths=..., one for
+        all prompts or one per prompt (None = the base model); an unknown name is a ValueError.
+
+        return_logprob / top_logprobs_num (SGLang's names): meta_info gets `output_token_logprobs`
+        [(logprob, token_id), ...] and, when top_logprobs_num > 0, `output_top_logprobs` — log-softmax
+        of the raw logits, before temperature and penalties (see sampling/logprobs.py).
+        """
         if self._server is not None:
-            return self._server.generate(prompt, sampling_params, input_ids, stream, rid)
-        obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params, stream=stream, rid=rid)
+            return self._server.generate(prompt, sampling_params, input_ids, stream, rid, return_logprob,
+                                         top_logprobs_num, lora_path)
+        obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params, stream=stream, rid=rid,
+                               return_logprob=return_logprob, top_logprobs_num=top_logprobs_num, lora_path=lora_path)
         is_batch, reqs, _ = normalize_requests(self.tokenizer, obj, self.model_config.vocab_size,
-                                               self.model_config.context_len)
+                                               self.model_config.context_len, self.server_args.lora_adapters())
         states: Dict[str, _ReqState] = {}
         for r in reqs:
             if r.rid in states:
@@ -251,7 +283,12 @@ def _cli_flags(args: ServerArgs) -> List[str]:
         if value == f.default or f.name == "port":
             continue
         flag = "--" + f.name.replace("_", "-")
-        flags += [flag] if isinstance(value, bool) else [flag, str(value)]
+        if isinstance(value, bool):
+            flags += [flag]
+        elif f.name == "lora_paths":  # 列表参数：--lora-paths a=/x b=/y / a list flag
+            flags += [flag, *(f"{name}={path}" for name, path in args.lora_adapters().items())]
+        else:
+            flags += [flag, str(value)]
     return flags
 
 
@@ -287,13 +324,17 @@ class _ServerHandle:
                 raise TimeoutError(f"the minisgl server did not become healthy in {STARTUP_TIMEOUT_S} s")
             time.sleep(0.1)
 
-    def generate(self, prompt, sampling_params, input_ids, stream: bool, rid):
+    def generate(self, prompt, sampling_params, input_ids, stream: bool, rid, return_logprob=False,
+                 top_logprobs_num=0, lora_path=None):
         def as_dict(p):
             return p.to_dict() if hasattr(p, "to_dict") else p
 
         many = isinstance(sampling_params, list)
         params = [as_dict(p) for p in sampling_params] if many else as_dict(sampling_params)
-        payload = {"text": prompt, "input_ids": input_ids, "sampling_params": params, "stream": stream, "rid": rid}
+        payload = {"text": prompt, "input_ids": input_ids, "sampling_params": params, "stream": stream, "rid": rid,
+                   "return_logprob": return_logprob, "top_logprobs_num": top_logprobs_num}
+        if lora_path is not None:  # 不用 LoRA 时请求体与以前相同 / unchanged body without LoRA
+            payload["lora_path"] = lora_path
         if not stream:
             return _checked(self.client.post("/generate", json=payload)).json()
         # 先发请求并检查状态码：坏输入在调用时就报错，与进程内模式一致。
@@ -321,8 +362,11 @@ class _ServerHandle:
                 i = obj.get("index", 0)
                 t0, n0 = sent.get(i, (0, 0))
                 sent[i] = (len(obj["text"]), len(obj["output_ids"]))
-                delta = {"text": obj["text"][t0:], "output_ids": obj["output_ids"][n0:], "meta_info": obj["meta_info"],
-                         "index": i}
+                meta = obj["meta_info"]
+                for key in ("output_token_logprobs", "output_top_logprobs"):  # 累计 → 增量 / cumulative → delta
+                    if key in meta:
+                        meta[key] = meta[key][n0:]
+                delta = {"text": obj["text"][t0:], "output_ids": obj["output_ids"][n0:], "meta_info": meta, "index": i}
                 if delta["text"] or delta["output_ids"] or obj["meta_info"]["finish_reason"]:
                     yield delta
         finally:

@@ -25,6 +25,8 @@
 #     One Batch*Out per scheduler step carries every request's progress: fewer IPC messages.
 #   - finished_reason 是 dict：{"type": "stop", "matched": …} / {"type": "length", "length": N} /
 #     {"type": "abort", "message": …}（DESIGN.md §3）。
+#   - logprobs（第 11 章）随 token 走：Batch*Out 的每行带本步新增的 [(logprob, token_id)]，没要的请求为 None。
+#     Logprobs travel with their tokens: each row carries this step's entries, None when not asked.
 #
 # 【使用方式】Usage
 #   >>> GenerateReqInput(text="床前明月光", sampling_params={"max_new_tokens": 16})
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from minisgl.sampling.sampling_params import SamplingParams
 
@@ -56,6 +58,12 @@ class GenerateReqInput:
     sampling_params: Optional[Union[dict, List[dict]]] = None
     stream: bool = False
     rid: Optional[Union[str, List[str]]] = None
+    # logprobs（SGLang 的名字；批量时可以每个 prompt 一个值）。Logprobs (SGLang's names; per prompt in a batch).
+    return_logprob: Union[bool, List[bool]] = False
+    top_logprobs_num: Union[int, List[int]] = 0
+    # LoRA 适配器名（SGLang 的名字 lora_path；批量时可以每个 prompt 一个，None = 基座）。
+    # The LoRA adapter's name (SGLang calls it lora_path; per prompt in a batch; None = the base model).
+    lora_path: Optional[Union[str, List[Optional[str]]]] = None
 
 
 @dataclass
@@ -67,6 +75,17 @@ class TokenizedGenerateReqInput:
     input_ids: List[int]
     sampling_params: SamplingParams
     stream: bool = False
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    lora_path: Optional[str] = None  # 适配器名 / the adapter's name (None = the base model)
+
+
+def unknown_lora_message(name: str, loaded) -> str:
+    """未知适配器的错误信息（HTTP 400、Engine 的 ValueError、调度器的 abort 共用）。The unknown-adapter error."""
+    if not loaded:
+        return (f"unknown LoRA adapter {name!r}: no adapters are loaded "
+                "(start with --lora-paths name=path; see GET /v1/models)")
+    return f"unknown LoRA adapter {name!r}; loaded adapters: {', '.join(sorted(loaded))} (see GET /v1/models)"
 
 
 @dataclass
@@ -85,6 +104,10 @@ class BatchTokenIDOut:
     # The prompt's last tokens: decoding context for the detokenizer process (as the offline Engine).
     prompt_tails: List[List[int]] = field(default_factory=list)
     streams: List[bool] = field(default_factory=list)  # 非流式请求只在结束时解码 / non-stream: decode at the end
+    # 本步新增 token 的 logprob（与 output_ids 对齐）；不要 logprob 的请求为 None。
+    # Logprobs of this step's new tokens (aligned with output_ids); None for requests that did not ask.
+    output_token_logprobs: List[Optional[List[Tuple[float, int]]]] = field(default_factory=list)
+    output_top_logprobs: List[Optional[List[List[Tuple[float, int]]]]] = field(default_factory=list)
 
     def add(self, req, new_ids: List[int]) -> None:
         self.rids.append(req.rid)
@@ -97,6 +120,9 @@ class BatchTokenIDOut:
         self.stop_strs.append(req.sampling_params.stop_strs)
         self.prompt_tails.append(req.origin_input_ids[-PROMPT_TAIL_LEN:])
         self.streams.append(req.stream)
+        lps, tops, k = req.output_token_logprobs, req.output_top_logprobs, len(new_ids)
+        self.output_token_logprobs.append(lps[len(lps) - k:] if req.return_logprob else None)
+        self.output_top_logprobs.append(tops[len(tops) - k:] if req.top_logprobs_num else None)
 
     def add_rejected(self, rid: str, message: str, prompt_tokens: int, status_code: int) -> None:
         """一个没进调度器就被拒绝的请求（如队列已满）。A request refused before scheduling (e.g. queue full)."""
@@ -110,9 +136,24 @@ class BatchTokenIDOut:
         self.stop_strs.append([])
         self.prompt_tails.append([])
         self.streams.append(False)
+        self.output_token_logprobs.append(None)
+        self.output_top_logprobs.append(None)
 
     def __len__(self) -> int:
         return len(self.rids)
+
+    def logprobs(self, i: int):
+        """第 i 行的 (token logprobs, top logprobs)；手工构造、没带这两列的消息也行。Row i's logprobs."""
+        return _logprobs_at(self, i)
+
+
+def _logprobs_at(msg, i: int):
+    """(output_token_logprobs[i], output_top_logprobs[i])，列不存在时 (None, None)。
+
+    Tolerates messages built without the logprob columns (tests, notebooks, older callers).
+    """
+    lps, tops = msg.output_token_logprobs, msg.output_top_logprobs
+    return (lps[i] if i < len(lps) else None), (tops[i] if i < len(tops) else None)
 
 
 @dataclass
@@ -124,9 +165,15 @@ class BatchStrOut:
     output_ids: List[List[int]] = field(default_factory=list)
     meta_info: List[Dict[str, Any]] = field(default_factory=list)
     finished: List[bool] = field(default_factory=list)
+    # 与本条 output_ids 对齐的 logprobs（见 BatchTokenIDOut）。Logprobs aligned with this message's output_ids.
+    output_token_logprobs: List[Optional[List[Tuple[float, int]]]] = field(default_factory=list)
+    output_top_logprobs: List[Optional[List[List[Tuple[float, int]]]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rids)
+
+    def logprobs(self, i: int):
+        return _logprobs_at(self, i)
 
 
 @dataclass

@@ -41,7 +41,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, List, Optional
 
 BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "tiny-zh-en")
 
@@ -82,6 +82,10 @@ class ServerArgs:
     dp_size: int = _f(1, "数据并行副本数（每个副本一套完整模型）/ data parallel replicas (a whole model each)")
     load_balance_method: str = _f("round_robin", "--dp-size > 1 时的请求路由 / how requests are routed over the replicas",
                                   choices=["round_robin", "shortest_queue", "prefix_aware"])
+    lora_paths: Optional[List[str]] = _f(None, "LoRA 适配器（PEFT 目录），name=path 可写多个 / LoRA adapters (PEFT folders) "
+                                               "as name=path [name=path ...]", nargs="+")
+    max_loras_per_batch: int = _f(8, "一个 batch 里最多几个不同的适配器（= 设备上的槽位数）/ max distinct LoRA adapters "
+                                     "in one batch (= adapter slots on the device)")
     served_model_name: Optional[str] = _f(None, "/v1/models 中的名字 / model name shown by /v1/models")
     log_level: str = _f("info", "日志级别 / log level", choices=["debug", "info", "warning", "error"])
 
@@ -97,6 +101,8 @@ class ServerArgs:
             typ = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
+            if "nargs" in f.metadata:  # 列表参数，如 --lora-paths a=/x b=/y / list flags
+                kw["nargs"] = f.metadata["nargs"]
             parser.add_argument(flag, type=typ, **kw)
 
     @classmethod
@@ -135,6 +141,8 @@ class ServerArgs:
             # The torch backend keeps decode metadata in Python lists, which a CUDA graph cannot
             # capture (a replay would reuse the captured lengths): graphs only with Triton.
             a.disable_cuda_graph = True
+        if a.lora_paths is not None:  # dict / 单个字符串 → ["name=path", ...]（命令行可以原样写回）/ CLI-shaped
+            a.lora_paths = [f"{name}={path}" for name, path in a.lora_adapters().items()]
         a.check()
         return a
 
@@ -171,3 +179,37 @@ class ServerArgs:
 
             if _os.environ.get("TRITON_INTERPRET") != "1":
                 raise ValueError("--attention-backend triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")
+        # ---- LoRA（minisgl/lora/）----
+        if self.lora_paths:
+            for name, path in self.lora_adapters().items():
+                if not os.path.isdir(path):
+                    raise ValueError(f"--lora-paths {name}={path}: {path!r} is not a directory "
+                                     "(expected a PEFT adapter folder with adapter_config.json)")
+            if self.tp_size != 1:
+                raise ValueError(f"--lora-paths needs --tp-size 1 (got {self.tp_size}): LoRA layers add their "
+                                 "delta to each layer's full, unsharded output")
+        if self.max_loras_per_batch < 1:
+            raise ValueError(f"--max-loras-per-batch must be >= 1, got {self.max_loras_per_batch}")
+
+    def lora_adapters(self) -> Dict[str, str]:
+        """--lora-paths → {适配器名: 目录}（有序）。--lora-paths as {adapter name: folder}, in order.
+
+        Accepts "name=path" entries, a bare "path" (its name is the path itself, as in SGLang), a
+        single string, or a dict {name: path} (Python API).
+        """
+        value = self.lora_paths
+        if not value:
+            return {}
+        if isinstance(value, dict):
+            items = [(str(k), str(v)) for k, v in value.items()]
+        else:
+            entries = [value] if isinstance(value, str) else list(value)
+            items = [tuple(e.split("=", 1)) if "=" in e else (e, e) for e in map(str, entries)]
+        out: Dict[str, str] = {}
+        for name, path in items:
+            if not name or not path:
+                raise ValueError(f"--lora-paths: bad entry {name}={path!r}; write name=path")
+            if name in out:
+                raise ValueError(f"--lora-paths: the adapter name {name!r} is given twice")
+            out[name] = path
+        return out

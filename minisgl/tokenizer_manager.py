@@ -55,13 +55,14 @@ import asyncio
 import copy
 import logging
 import time
-from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Collection, Dict, List, Optional, Tuple
 
 from minisgl.dp_router import DataParallelRouter
 from minisgl.io_struct import (
     AbortReq, BatchStrOut, FlushCacheReq, FlushCacheReqOutput, GenerateReqInput, GetInfoReq, GetInfoReqOutput,
-    TokenizedGenerateReqInput, new_rid,
+    TokenizedGenerateReqInput, new_rid, unknown_lora_message,
 )
+from minisgl.sampling.logprobs import check_logprob_args
 from minisgl.sampling.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -100,12 +101,22 @@ def check_unicode(text: str, what: str) -> None:
                          "it is not valid Unicode text") from None
 
 
+def _per_prompt(value, count: int, name: str) -> list:
+    """一个值给所有 prompt，或每个 prompt 一个值。One value for every prompt, or one per prompt."""
+    if not isinstance(value, list):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"got {len(value)} values of {name} for {count} prompts")
+    return list(value)
+
+
 def normalize_requests(
-    tokenizer, req: GenerateReqInput, vocab_size: int, context_len: int
+    tokenizer, req: GenerateReqInput, vocab_size: int, context_len: int, lora_names: Collection[str] = (),
 ) -> Tuple[bool, List[TokenizedGenerateReqInput], List[int]]:
     """规范化、分词并校验一次调用。Normalize, tokenize and validate one call.
 
     Returns (is_batch, requests, prompt_index of each request). Raises ValueError naming the problem.
+    lora_names: the loaded LoRA adapters; a `lora_path` outside them is an error that names it.
     """
     is_batch, items = _as_batch(req)
     params_list = req.sampling_params if isinstance(req.sampling_params, list) else [req.sampling_params] * len(items)
@@ -114,14 +125,20 @@ def normalize_requests(
     rids = req.rid if isinstance(req.rid, list) else [req.rid] * len(items)
     if len(rids) != len(items):
         raise ValueError(f"got {len(rids)} rids for {len(items)} prompts")
+    want_lp = _per_prompt(req.return_logprob, len(items), "return_logprob")
+    top_nums = _per_prompt(req.top_logprobs_num, len(items), "top_logprobs_num")
+    loras = _per_prompt(req.lora_path, len(items), "lora_path")
     out: List[TokenizedGenerateReqInput] = []
     index: List[int] = []
     for i, (item, p, rid) in enumerate(zip(items, params_list, rids)):
         where = f"prompt {i}: " if is_batch else ""
         try:
             params = SamplingParams.from_dict(p).verify(vocab_size)
+            check_logprob_args(want_lp[i], top_nums[i])
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}{e}") from None
+        if loras[i] is not None and loras[i] not in lora_names:
+            raise ValueError(where + unknown_lora_message(loras[i], lora_names))
         if isinstance(item, str):
             check_unicode(item, f"{where}the prompt")
             text, ids = item, tokenizer.encode(item)
@@ -142,7 +159,8 @@ def normalize_requests(
             one.n = 1
             if params.seed is not None and params.n > 1:
                 one.seed = params.seed + j  # n 个样本各不相同但可复现 / distinct yet reproducible
-            out.append(TokenizedGenerateReqInput(base if params.n == 1 else f"{base}-{j}", text, ids, one, req.stream))
+            out.append(TokenizedGenerateReqInput(base if params.n == 1 else f"{base}-{j}", text, ids, one, req.stream,
+                                                 want_lp[i], top_nums[i], lora_path=loras[i]))
             index.append(i)
     return is_batch or (len(out) > 1), out, index
 
@@ -150,6 +168,21 @@ def normalize_requests(
 # ================================================================================
 # 服务器模式：TokenizerManager / Server mode: the TokenizerManager
 # ================================================================================
+LOGPROB_KEYS = ("output_token_logprobs", "output_top_logprobs")
+
+
+def _snapshot(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """meta_info 的副本（logprob 列表也复制：之后的更新还会往原列表里追加）。
+
+    A copy of meta_info; the logprob lists are copied too, as later updates extend the originals.
+    """
+    out = dict(meta)
+    for key in LOGPROB_KEYS:
+        if key in out:
+            out[key] = list(out[key])
+    return out
+
+
 def merge_replica_stats(replicas: List[Dict[str, Any]]) -> Dict[str, Any]:
     """把各数据并行副本的调度统计合成一份：计数相加，比例重算，另附每个副本的原样统计。
 
@@ -216,6 +249,8 @@ class TokenizerManager:
         self.server_args = server_args
         self.tokenizer = tokenizer
         self.context_len, self.vocab_size = context_len, vocab_size
+        # 已加载的 LoRA 适配器（--lora-paths）/ the loaded LoRA adapters
+        self.lora_names = list(server_args.lora_adapters()) if server_args is not None else []
         self.metrics = metrics
         # 发送用普通 socket（PUSH 几乎不会阻塞，且能在 finally 里同步发出 abort）；接收用 asyncio socket。
         # Send with a plain socket (PUSH hardly blocks, and an abort can go out synchronously in `finally`);
@@ -264,17 +299,24 @@ class TokenizerManager:
             for i, rid in enumerate(msg.rids):
                 state = self.rid_to_state.get(rid)
                 if state is not None:  # 已离开的请求的迟到消息：忽略 / late news of a departed request
-                    self._update(state, msg.texts[i], msg.output_ids[i], msg.meta_info[i], msg.finished[i])
+                    self._update(state, msg.texts[i], msg.output_ids[i], msg.meta_info[i], msg.finished[i],
+                                 *msg.logprobs(i))
         elif isinstance(msg, (FlushCacheReqOutput, GetInfoReqOutput)):
             fut = self.control_waiters.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
-    def _update(self, state: ReqState, text: str, new_ids: List[int], meta: dict, finished: bool) -> None:
+    def _update(self, state: ReqState, text: str, new_ids: List[int], meta: dict, finished: bool,
+                token_logprobs: Optional[list] = None, top_logprobs: Optional[list] = None) -> None:
         now = time.perf_counter()
         state.text += text
         state.output_ids.extend(new_ids)
         state.meta.update(meta)
+        # logprobs 与 output_ids 一样在 meta_info 里累计（同 SGLang）。Cumulative in meta_info, like output_ids.
+        if token_logprobs is not None:
+            state.meta.setdefault("output_token_logprobs", []).extend(token_logprobs)
+        if top_logprobs is not None:
+            state.meta.setdefault("output_top_logprobs", []).extend(top_logprobs)
         state.meta["e2e_latency"] = now - state.created
         state.finished = finished
         state.version += 1
@@ -306,7 +348,7 @@ class TokenizerManager:
 
     # ======== 生成 / Generation ========
     def normalize(self, obj: GenerateReqInput) -> Tuple[bool, List[TokenizedGenerateReqInput], List[int]]:
-        return normalize_requests(self.tokenizer, obj, self.vocab_size, self.context_len)
+        return normalize_requests(self.tokenizer, obj, self.vocab_size, self.context_len, self.lora_names)
 
     async def generate(self, reqs: List[TokenizedGenerateReqInput], request=None,
                        stream: bool = False) -> AsyncIterator[Dict[str, Any]]:
@@ -345,7 +387,7 @@ class TokenizerManager:
                     if s.version != seen[i]:
                         seen[i] = s.version
                         yield {"index": i, "rid": s.rid, "text": s.text, "output_ids": list(s.output_ids),
-                               "meta_info": dict(s.meta), "finished": s.finished}
+                               "meta_info": _snapshot(s.meta), "finished": s.finished}
         finally:
             # 正常结束、出错、被取消或客户端断开：都走这里。Normal end, error, cancel or disconnect.
             for s in states:

@@ -77,11 +77,25 @@ def _label(key: Sequence[int], tokenizer, max_tokens: int) -> str:
     A node's tokens: decoded text when a tokenizer is given (repr shows spaces, newlines and a half
     character's \\ufffd), else the ids. Longer keys are cut to max_tokens and marked with "…".
     """
+    from minisgl.mem_cache.radix_cache import split_namespace
+
+    # 多 LoRA：适配器子树的第一个节点带着命名空间，显示成 [name] 前缀。A LoRA namespace shows as [name].
+    namespace, key = split_namespace(key)
+    tag = f"[{namespace}] " if namespace is not None else ""
     shown = list(key[:max_tokens])
     more = "…" if len(key) > max_tokens else ""
     if tokenizer is None:
-        return f"{shown}{more}"
-    return f"{tokenizer.decode(shown)!r}{more}"
+        return f"{tag}{shown}{more}"
+    return f"{tag}{tokenizer.decode(shown)!r}{more}"
+
+
+def _full_text(key: Sequence, tokenizer) -> str:
+    """节点的全部 token（SVG 的悬停提示）。All of a node's tokens, for the SVG hover title."""
+    from minisgl.mem_cache.radix_cache import split_namespace
+
+    namespace, key = split_namespace(key)
+    tag = f"[{namespace}] " if namespace is not None else ""
+    return tag + (tokenizer.decode(key) if tokenizer is not None else str(key))
 
 
 def radix_tree_text(tree_cache, tokenizer=None, max_tokens: int = 8) -> str:
@@ -188,7 +202,7 @@ def radix_tree_svg(tree_cache, tokenizer=None, max_tokens: int = 6) -> str:
     for node in nodes:
         x, y = xy(node)
         state = "root" if node is root else ("locked" if node.lock_ref > 0 else "evictable")
-        full = "root" if node is root else (tokenizer.decode(node.key) if tokenizer is not None else str(node.key))
+        full = "root" if node is root else _full_text(node.key, tokenizer)
         parts.append(
             f'<g class="node" data-id="{node.id}" data-len="{len(node.key)}" data-lock="{node.lock_ref}">'
             f'<title>{escape(full)}</title>'

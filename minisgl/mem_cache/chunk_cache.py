@@ -35,7 +35,7 @@
 # ================================================================================
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -51,7 +51,7 @@ class ChunkCache:
     def reset(self) -> None:
         pass
 
-    def match_prefix(self, key: Sequence[int]) -> Tuple[torch.Tensor, None]:
+    def match_prefix(self, key: Sequence[int], namespace: Optional[str] = None) -> Tuple[torch.Tensor, None]:
         return torch.empty(0, dtype=torch.int64), None
 
     def release_req(self, req) -> None:

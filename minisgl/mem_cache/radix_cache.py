@@ -36,6 +36,10 @@
 #   - page_size > 1 时只缓存整页：key 按页对齐截断，子节点按“第一页的 token 元组”索引。
 #     With pages, only whole pages are cached; children are keyed by their first page.
 #   - 匹配复杂度 O(匹配长度)。Matching costs O(matched length).
+#   - 命名空间（多 LoRA）：同样的 token 在另一个适配器下 K/V 不同，不能共享。namespace="a" 时把
+#     第一个 token 换成 ("a", t0)：根的孩子因此先按适配器分开，往下的树完全照旧（见 namespaced）。
+#     不给 namespace 的请求与以前完全一样。Namespaces (multi-LoRA): the first token becomes
+#     ("a", t0), so the root branches by adapter first and each adapter owns its subtree.
 #
 # 【使用方式】Usage
 #   >>> cache = RadixCache(req_to_token_pool, allocator, page_size=1)
@@ -57,6 +61,28 @@ if TYPE_CHECKING:
 
 _node_ids = itertools.count()
 _clock = itertools.count(1)  # 逻辑时钟：比 time.time() 更确定 / a logical clock, deterministic
+
+
+def namespaced(key: Sequence[int], namespace: Optional[str]) -> Sequence:
+    """把命名空间折进第一个 token：[t0, t1, …] → [(ns, t0), t1, …]（namespace 为 None 时原样返回）。
+
+    Fold the namespace into the first token. Every path from the root starts with a key's first
+    token, so keys of different namespaces (a LoRA adapter each) never share a node, while the rest
+    of the tree code (matching, splitting, locks, LRU eviction) stays as it is. A tuple never equals
+    an int, so namespaced keys also never match keys without a namespace.
+    """
+    if namespace is None or not key:
+        return key
+    key = list(key)
+    key[0] = (namespace, key[0])
+    return key
+
+
+def split_namespace(key: Sequence) -> Tuple[Optional[str], List[int]]:
+    """namespaced 的逆：(命名空间或 None, 纯 token)。The inverse: (namespace or None, plain tokens)."""
+    if key and isinstance(key[0], tuple):
+        return key[0][0], [key[0][1], *key[1:]]
+    return None, list(key)
 
 
 class TreeNode:
@@ -119,12 +145,14 @@ class RadixCache:
     def _page_aligned(self, key: Sequence[int]) -> List[int]:
         return list(key[: len(key) // self.page_size * self.page_size])
 
-    def match_prefix(self, key: Sequence[int]) -> Tuple[torch.Tensor, TreeNode]:
+    def match_prefix(self, key: Sequence[int], namespace: Optional[str] = None) -> Tuple[torch.Tensor, TreeNode]:
         """找最长已缓存前缀。Find the longest cached prefix of key.
 
         Returns (kv slots of that prefix [L] int64, the last matched node). A match that ends
         inside a node splits the node, so the returned node always ends exactly at the match.
+        With a namespace (a LoRA adapter's name) only keys inserted under it can match.
         """
+        key = namespaced(key, namespace)
         # >>> ASSIGNMENT radix_cache: match_prefix
         key = self._page_aligned(key)
         node, values = self.root_node, []
@@ -155,12 +183,13 @@ class RadixCache:
         child.parent = new_node
         return new_node
 
-    def insert(self, key: Sequence[int], value: torch.Tensor) -> int:
+    def insert(self, key: Sequence[int], value: torch.Tensor, namespace: Optional[str] = None) -> int:
         """插入 key→value，返回树中原本已有的前缀长度（调用者应释放这部分重复槽位）。
 
         Insert key → value (page-aligned). Returns how many leading tokens were already cached;
-        the caller frees its own duplicate slots for them.
+        the caller frees its own duplicate slots for them. namespace: as in match_prefix.
         """
+        key = namespaced(key, namespace)
         # >>> ASSIGNMENT radix_cache: insert
         key = self._page_aligned(key)
         value = value[: len(key)]
@@ -245,7 +274,8 @@ class RadixCache:
         token_ids = req.token_ids[: req.kv_len]
         kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len].clone()
         aligned = len(token_ids) // self.page_size * self.page_size
-        new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned])
+        ns = getattr(req, "lora_id", None)  # 适配器的命名空间 / the adapter's namespace
+        new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned], namespace=ns)
         allocator = self.token_to_kv_pool_allocator
         allocator.free(kv_indices[len(req.prefix_indices) : new_prefix_len])  # 树里已有的重复 / duplicates
         allocator.free(kv_indices[aligned:])  # 不足一页的尾巴 / the partial last page
@@ -263,9 +293,10 @@ class RadixCache:
         token_ids = req.token_ids[: req.kv_len]
         kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len].clone()
         aligned = len(token_ids) // self.page_size * self.page_size
-        new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned])
+        ns = getattr(req, "lora_id", None)
+        new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned], namespace=ns)
         self.token_to_kv_pool_allocator.free(kv_indices[len(req.prefix_indices) : new_prefix_len])
-        new_indices, new_last_node = self.match_prefix(token_ids[:aligned])
+        new_indices, new_last_node = self.match_prefix(token_ids[:aligned], namespace=ns)
         assert len(new_indices) == aligned, "a just-inserted key must match in full"
         self.req_to_token_pool.write(req.req_pool_idx, len(req.prefix_indices), new_indices[len(req.prefix_indices) :])
         self.dec_lock_ref(req.last_node)

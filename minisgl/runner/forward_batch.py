@@ -71,8 +71,15 @@ class ForwardBatch:
     attn_backend: Any = None
     # 后端自己的元数据（如 Triton 的 kv_indptr / kv_indices）。Backend-specific metadata.
     attn_metadata: Optional[Any] = field(default=None, repr=False)
+    # 多 LoRA：每个请求的适配器名（None = 基座）；没有请求用适配器时整个为 None。
+    # lora_info 是 LoRAManager.prepare 算出的分段（minisgl/lora/ops.py 的 LoRABatchInfo）。
+    # Multi-LoRA: one adapter name per request (None = the base model), or None when no request
+    # uses one; lora_info holds the segments LoRAManager.prepare builds from it.
+    lora_ids: Optional[List[Optional[str]]] = None
+    lora_info: Optional[Any] = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (f"ForwardBatch(mode={self.forward_mode.name}, bs={self.batch_size}, "
                 f"tokens={len(self.input_ids)}, prefix_lens={self.extend_prefix_lens}, "
-                f"extend_lens={self.extend_seq_lens}, seq_lens={self.seq_lens_cpu})")
+                f"extend_lens={self.extend_seq_lens}, seq_lens={self.seq_lens_cpu}"
+                + (f", lora_ids={self.lora_ids}" if self.lora_ids else "") + ")")

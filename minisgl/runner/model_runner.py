@@ -75,6 +75,13 @@ class ModelRunner:
         self.vocab_size = self.model_config.vocab_size
         attn = self.model.model.layers[0].self_attn
         self.num_heads, self.num_kv_heads = attn.num_heads, attn.num_kv_heads  # 本 rank / this rank's heads
+        # LoRA（minisgl/lora/）：在 KV 池之前装好，槽位缓冲区的显存先算进去。Before the pool: its memory counts.
+        self.lora_manager = None
+        if args.lora_paths:
+            from minisgl.lora import LoRAManager
+
+            self.lora_manager = LoRAManager(args.lora_adapters(), self.model_config, self.model,
+                                            args.max_loras_per_batch, self.device, self.dtype, args.tp_size)
         # ======== 第2步：KV 池 / Step 2: the KV pool ========
         self.page_size = args.page_size
         self.max_total_num_tokens = self._profile_max_num_tokens()
@@ -92,7 +99,11 @@ class ModelRunner:
         self.attn_backend = self._make_attn_backend(args.attention_backend)
         # ======== 第4步：CUDA graph（仅 GPU）/ Step 4: CUDA graphs (GPU only) ========
         self.cuda_graph_runner = None
-        if self.device == "cuda" and not args.disable_cuda_graph:
+        if self.device == "cuda" and not args.disable_cuda_graph and self.lora_manager is not None:
+            # 分段信息（段数、段长、槽位）每步都变，录不进图：LoRA 打开时不用 CUDA graph。
+            # The LoRA segments change every step and are not captured: no CUDA graphs with LoRA.
+            logger.info("CUDA graphs are off because LoRA adapters are loaded (--lora-paths)")
+        elif self.device == "cuda" and not args.disable_cuda_graph:
             from minisgl.runner.cuda_graph_runner import CudaGraphRunner
 
             self.cuda_graph_runner = CudaGraphRunner(self, min(args.cuda_graph_max_bs, args.max_running_requests))
@@ -140,6 +151,8 @@ class ModelRunner:
         fb.req_to_token_pool = self.req_to_token_pool
         fb.token_to_kv_pool = self.token_to_kv_pool
         fb.attn_backend = self.attn_backend
+        if self.lora_manager is not None:  # 本 batch 的适配器 → 槽位与分段 / adapters → slots and segments
+            self.lora_manager.prepare(fb)
         if self.cuda_graph_runner is not None and self.cuda_graph_runner.can_run(fb):
             return self.cuda_graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)

@@ -16,6 +16,7 @@
 #
 # 【核心架构】Architecture
 #   Scheduler ──(logits [bs, V], reqs)──► Sampler.__call__
+#                                          ├─ apply_grammar_mask            语法位掩码 / grammar bitmask
 #                                          ├─ SamplingBatchInfo.from_reqs   收集每行参数 / per-row knobs
 #                                          ├─ apply_penalties                重复惩罚 / penalties
 #                                          ├─ temperature → softmax → top_k/top_p/min_p 截断
@@ -23,6 +24,7 @@
 #
 # 【工作流程】Workflow
 #   1. 检查 NaN/Inf：坏行交给调度器以 abort 结束请求。Non-finite rows → abort, not a crash.
+#      结构化输出的请求再按语法位掩码把不合法的 token 设为 -inf（第 11 章）。Grammar bitmask (ch. 11).
 #   2. 惩罚 Penalties（OpenAI 语义 + HF 的 repetition 语义）。
 #   3. min_new_tokens 未到时屏蔽 EOS / stop_token_ids。Hide EOS until min_new_tokens.
 #   4. 贪心行 argmax；其余行 logits/T → softmax → 截断 → 重新归一化 → 抽样。
@@ -141,6 +143,25 @@ def top_k_top_p_min_p_filter(probs: torch.Tensor, info: SamplingBatchInfo) -> to
     # <<< ASSIGNMENT
 
 
+def apply_grammar_mask(logits: torch.Tensor, reqs: Sequence) -> bool:
+    """结构化输出：原地把语法不允许的 token 设为 -inf；返回是否有行被约束。
+
+    Structured output (chapter 11): set the logits of tokens a request's grammar forbids to -inf,
+    in place; returns whether any row is constrained. The mask is filled on the CPU while the
+    device may still be finishing the forward pass; unconstrained rows keep an all-ones row.
+    """
+    grammars = [getattr(r, "grammar", None) for r in reqs]
+    first = next((g for g in grammars if g is not None), None)
+    if first is None:
+        return False
+    vocab_mask = first.allocate_vocab_mask(logits.shape[-1], len(reqs), logits.device)  # int32 [bs, ceil(V/32)]
+    for i, grammar in enumerate(grammars):
+        if grammar is not None:
+            grammar.fill_vocab_mask(vocab_mask, i)
+    first.apply_vocab_mask(logits, first.move_vocab_mask(vocab_mask, logits.device))
+    return True
+
+
 class Sampler:
     """logits → next token ids（见文件头）。See the file header."""
 
@@ -148,7 +169,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, reqs: Sequence) -> Tuple[torch.Tensor, List[bool]]:
         """采样下一个 token。Sample the next token of each row.
 
-        【工作流程】Workflow: NaN check → penalties → greedy/temperature → filter → draw.
+        【工作流程】Workflow: NaN check → grammar mask → penalties → greedy/temperature → filter → draw.
         Returns (next_token_ids [bs] int64 on CPU, bad_rows: rows whose logits were not finite).
         """
         logits = logits.float()
@@ -156,7 +177,18 @@ class Sampler:
         # Zero the bad rows so the batch proceeds; the scheduler aborts them (no host sync here).
         finite = torch.isfinite(logits).all(dim=-1)  # [bs]
         logits = torch.where(finite.unsqueeze(1), logits, torch.zeros_like(logits))
+        # 结构化输出：先按语法把不合法的 token 设为 -inf，惩罚、温度、截断都作用在遮过的 logits 上。
+        # Structured output: the grammar hides illegal tokens first; everything below sees masked logits.
+        masked = apply_grammar_mask(logits, reqs)
+        guard = masked and any(getattr(r, "grammar", None) is not None
+                               and len(r.output_ids) < r.sampling_params.min_new_tokens for r in reqs)
+        before = logits.clone() if guard else None
         logits = apply_penalties(logits, reqs)
+        if guard:
+            # min_new_tokens 遮掉 EOS 时，语法可能只剩 EOS：整行都是 -inf。语法优先，这一行回到惩罚之前。
+            # min_new_tokens may hide the only token the grammar allows (EOS): the grammar wins.
+            dead = torch.isneginf(logits).all(dim=-1, keepdim=True)  # [bs, 1]
+            logits = torch.where(dead, before, logits)
         info = SamplingBatchInfo.from_reqs(reqs, logits.shape[-1], logits.device)
 
         next_ids = logits.argmax(dim=-1)  # [bs]：贪心结果 / greedy result

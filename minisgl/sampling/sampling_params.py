@@ -31,6 +31,9 @@
 #       repetition: logit>0 时除以 r，logit<0 时乘以 r（CTRL 论文 / HF 的定义）
 #   - seed：同一个 seed + 同一个 prompt → 同样的采样结果（每个请求独立的随机数发生器）。
 #     A per-request generator: the same seed gives the same sample, whatever the batch.
+#   - json_schema / regex：结构化输出（第 11 章）。这里只查类型与 JSON 语法，编译在调度器的后台线程里。
+#     Structured output (chapter 11): only types and JSON syntax are checked here; compiling happens
+#     in the scheduler's background thread (minisgl/constrained/).
 #
 # 【使用方式】Usage
 #   >>> from minisgl.sampling import SamplingParams
@@ -42,6 +45,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
@@ -71,7 +75,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     n: int = 1
     seed: Optional[int] = None
-    # 结构化输出等高级参数留给第 11 章。Structured output etc. belong to chapter 11.
+    # 结构化输出（第 11 章）：JSON Schema 的 JSON 文本，或一个正则；至多给一个。
+    # Structured output (chapter 11): a JSON Schema as JSON text, or a regex; at most one of them.
     json_schema: Optional[str] = None
     regex: Optional[str] = None
 
@@ -131,10 +136,7 @@ class SamplingParams:
         for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean, got {getattr(self, name)!r}")
-        for name in ("json_schema", "regex"):
-            if getattr(self, name) is not None:  # 不能悄悄忽略约束 / a constraint must never be ignored silently
-                raise ValueError(f"{name}: structured output is not implemented in minisgl yet "
-                                 "(see docs/zh/11-advanced.md)")
+        self._verify_structured_output()
         if self.stop is not None:
             if not isinstance(self.stop, (str, list)) or not all(isinstance(s, str) for s in self.stop_strs):
                 raise ValueError("stop must be a string or a list of strings")
@@ -155,6 +157,27 @@ class SamplingParams:
                 if bad:
                     raise ValueError(f"stop_token_ids out of vocabulary [0, {vocab_size}): {bad[:5]}")
         return self
+
+    def _verify_structured_output(self) -> None:
+        """只做便宜的检查；能否编译由语法后端在调度器里判断（错误 → 400 的 abort）。
+
+        Cheap checks only; whether it compiles is the grammar backend's call, in the scheduler
+        (an error there aborts the request with a 400).
+        """
+        if self.json_schema is not None and self.regex is not None:
+            raise ValueError("json_schema and regex: give at most one structured-output constraint")
+        if self.json_schema is not None:
+            if not isinstance(self.json_schema, str):
+                raise ValueError("json_schema must be a JSON string (e.g. json.dumps(schema)), "
+                                 f"got {type(self.json_schema).__name__}")
+            try:
+                schema = json.loads(self.json_schema)
+            except ValueError as e:
+                raise ValueError(f"json_schema is not valid JSON: {e}") from None
+            if not isinstance(schema, (dict, bool)):
+                raise ValueError(f"json_schema must be a JSON object (a JSON Schema), got {type(schema).__name__}")
+        if self.regex is not None and (not isinstance(self.regex, str) or self.regex == ""):
+            raise ValueError(f"regex must be a non-empty string, got {self.regex!r}")
 
 
 def _is_int(x: Any) -> bool:

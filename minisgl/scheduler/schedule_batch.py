@@ -23,8 +23,8 @@
 #
 # 【工作流程】Workflow
 #   1. init_next_round_input(): 匹配前缀，算出 extend_input_len。Match the prefix, count new tokens.
-#   2. 每生成一个 token：check_finished() 依次检查长度、EOS/stop_token_ids、stop 字符串。
-#      After each token: length, then EOS / stop ids, then stop strings.
+#   2. 每生成一个 token：check_finished() 依次检查长度、语法是否走完、EOS/stop_token_ids、stop 字符串。
+#      After each token: length, then a terminated grammar, then EOS / stop ids, then stop strings.
 #
 # 【关键概念】Key Concepts
 #   - 最后一个生成的 token 还没有 KV（它还没进过模型），所以 kv_len = len(token_ids) - 1（decode 中）。
@@ -40,7 +40,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 
@@ -77,11 +77,16 @@ class FINISH_LENGTH(BaseFinishReason):
 
 
 class FINISH_ABORT(BaseFinishReason):
-    def __init__(self, message: str = "aborted"):
+    def __init__(self, message: str = "aborted", status_code: Optional[int] = None):
         self.message = message
+        # 输入的错（如 schema 编译不了）带 400，HTTP 层据此回错误码。The input's fault carries a 400.
+        self.status_code = status_code
 
     def to_json(self):
-        return {"type": "abort", "message": self.message}
+        out = {"type": "abort", "message": self.message}
+        if self.status_code is not None:
+            out["status_code"] = self.status_code
+        return out
 
 
 class Req:
@@ -95,6 +100,7 @@ class Req:
         eos_token_ids: Optional[Set[int]] = None,
         origin_input_text: Optional[str] = None,
         stream: bool = False,
+        lora_id: Optional[str] = None,
     ):
         self.rid = rid
         self.origin_input_text = origin_input_text
@@ -107,6 +113,12 @@ class Req:
         self.generator: Optional[torch.Generator] = None
         if sampling_params.seed is not None:
             self.generator = torch.Generator().manual_seed(sampling_params.seed)
+        # 结构化输出的语法匹配器（minisgl/constrained/，第 11 章）；编译好之前为 None。
+        # The structured-output matcher (BaseGrammarObject, chapter 11); None until compiled.
+        self.grammar: Any = None
+        # 多 LoRA：适配器名（None = 基座）；也是前缀缓存的命名空间（不同适配器的 K/V 不同）。
+        # Multi-LoRA: the adapter name (None = the base model), also the prefix cache's namespace.
+        self.lora_id = lora_id
 
         # ---- 内存 / memory ----
         self.req_pool_idx: Optional[int] = None
@@ -124,6 +136,12 @@ class Req:
         self.cached_tokens: Optional[int] = None
         self.created_time = time.perf_counter()
         self.first_token_time: Optional[float] = None
+        # ---- logprobs（只有 return_logprob 的请求才填；与 output_ids 一一对应）----
+        # ---- logprobs (filled only when return_logprob; one entry per output id) ----
+        self.return_logprob = False
+        self.top_logprobs_num = 0
+        self.output_token_logprobs: List[Tuple[float, int]] = []  # (logprob, token_id)
+        self.output_top_logprobs: List[List[Tuple[float, int]]] = []
 
     @property
     def token_ids(self) -> List[int]:
@@ -138,7 +156,7 @@ class Req:
         At most len-1 tokens may come from the cache: the last one must go through the model.
         """
         self.fill_ids = self.token_ids
-        self.prefix_indices, self.last_node = tree_cache.match_prefix(self.fill_ids[:-1])
+        self.prefix_indices, self.last_node = tree_cache.match_prefix(self.fill_ids[:-1], namespace=self.lora_id)
         self.extend_input_len = len(self.fill_ids) - len(self.prefix_indices)
 
     def check_finished(self, tokenizer=None) -> None:
@@ -153,6 +171,10 @@ class Req:
             self.finished_reason = FINISH_LENGTH(p.max_new_tokens)
             return
         if not self.output_ids:
+            return
+        if self.grammar is not None and self.grammar.is_terminated():
+            # 语法走完（已接受 EOS）：正常结束，即使 ignore_eos。The grammar is done: a normal stop.
+            self.finished_reason = FINISH_MATCHED_TOKEN(self.output_ids[-1])
             return
         last = self.output_ids[-1]
         if (not p.ignore_eos and last in self.eos_token_ids) or last in (p.stop_token_ids or ()):

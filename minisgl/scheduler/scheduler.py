@@ -23,9 +23,10 @@
 #    ├─ waiting_queue: List[Req]        ├─ tree_cache: RadixCache | ChunkCache
 #    ├─ running_reqs: List[Req]         ├─ policy: SchedulePolicy (fcfs | lpm)
 #    ├─ chunked_req: Optional[Req]      ├─ model_runner: ModelRunner（模型 + KV 池）
-#    └─ sampler: Sampler                └─ tokenizer（只用于 stop 字符串检查 / stop strings only）
+#    ├─ sampler: Sampler                └─ tokenizer（stop 字符串检查、语法的词表 / stop strings, grammar vocab）
+#    └─ grammar_queue: 等语法编译的请求（结构化输出，第 11 章）/ requests waiting for their grammar (ch. 11)
 #
-#   step():
+#   step():   （_process_aborts 之后先 move_ready_grammar_requests / then grammar-ready requests join）
 #     _process_aborts ─► get_new_batch_prefill ──有/yes──► run EXTEND ─┐
 #                              │无/no                                   ├─► process_batch_result
 #                              └─► update_running_batch ─► run DECODE ─┘        │
@@ -56,6 +57,7 @@
 # ================================================================================
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass, field
@@ -64,10 +66,12 @@ from typing import List, Optional, Tuple
 import torch
 
 from minisgl import distributed
-from minisgl.io_struct import BatchTokenIDOut, TokenizedGenerateReqInput
+from minisgl.constrained.base_grammar_backend import InvalidGrammarError, create_grammar_backend, grammar_key
+from minisgl.io_struct import BatchTokenIDOut, TokenizedGenerateReqInput, unknown_lora_message
 from minisgl.mem_cache.chunk_cache import ChunkCache
 from minisgl.mem_cache.radix_cache import RadixCache
 from minisgl.runner.forward_batch import ForwardBatch, ForwardMode
+from minisgl.sampling.logprobs import check_logprob_args, gather_logprobs, select_logprob_rows
 from minisgl.sampling.sampler import Sampler
 from minisgl.scheduler.schedule_batch import FINISH_ABORT, Req
 from minisgl.scheduler.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
@@ -79,6 +83,8 @@ logger = logging.getLogger(__name__)
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.1
 NEW_TOKEN_RATIO_DECAY = 0.001
+GRAMMAR_POLL_S = 0.005  # 只有语法在编译时，每步最多等这么久（不空转）/ the wait per step when only compiles are pending
+GRAMMAR_TIMEOUT_S = 300.0  # 编译这么久还没好：abort（同 SGLang 的默认值）/ give up on a compile (SGLang's default)
 
 
 @dataclass
@@ -124,6 +130,10 @@ class Scheduler:
         self.waiting_queue: List[Req] = []
         self.running_reqs: List[Req] = []
         self.chunked_req: Optional[Req] = None
+        # 结构化输出：语法在后台编译，编好之前请求在 grammar_queue 里等（同 SGLang）。
+        # Structured output: grammars compile in the background; until then the request waits here.
+        self.grammar_queue: List[Tuple[Req, concurrent.futures.Future]] = []
+        self.grammar_backend = None  # 第一个带约束的请求到来时才创建 / made on the first constrained request
         # 预留比例随 --schedule-conservativeness 缩放（同 SGLang）。Scaled by conservativeness, as in SGLang.
         self.init_new_token_ratio = min(INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness, 1.0)
         self.min_new_token_ratio = min(MIN_NEW_TOKEN_RATIO * args.schedule_conservativeness, 1.0)
@@ -133,6 +143,11 @@ class Scheduler:
         self._pending_out = BatchTokenIDOut()  # 不经过前向就结束的请求 / requests ended without a forward
         self.forward_ct = 0
         self.num_retractions = 0
+        # 多 LoRA：已加载的适配器名；一个 batch 里不同适配器的上限（= 设备上的槽位数，minisgl/lora/）。
+        # Multi-LoRA: the loaded adapter names; the cap on distinct adapters per batch (= device slots).
+        lora_manager = getattr(self.model_runner, "lora_manager", None)
+        self.lora_names = set(lora_manager.names) if lora_manager is not None else set()
+        self.max_loras_per_batch = args.max_loras_per_batch
 
     # ======== 请求进出 / Requests in and out ========
     def add_request(self, recv: TokenizedGenerateReqInput) -> Req:
@@ -142,7 +157,9 @@ class Scheduler:
         never an exception that would stop the loop.
         """
         params = recv.sampling_params
-        req = Req(recv.rid, recv.input_ids, params, self.eos_token_ids, recv.input_text, recv.stream)
+        req = Req(recv.rid, recv.input_ids, params, self.eos_token_ids, recv.input_text, recv.stream,
+                  lora_id=getattr(recv, "lora_path", None))
+        req.return_logprob, req.top_logprobs_num = recv.return_logprob, recv.top_logprobs_num
         error = self._validate(req)
         if error:
             req.finished_reason = FINISH_ABORT(error)
@@ -154,8 +171,67 @@ class Scheduler:
             req.finished_reason = self._length_reason(req)
             self._pending_out.add(req, [])
             return req
+        if grammar_key(params) is not None:
+            self._queue_for_grammar(req)
+            return req
         self.waiting_queue.append(req)
         return req
+
+    def _queue_for_grammar(self, req: Req) -> None:
+        """提交语法编译（命中缓存时 Future 已完成），请求进 grammar_queue。Submit the compile; queue the request.
+
+        Never blocks: the compile runs in the grammar backend's thread pool.
+        """
+        if self.grammar_backend is None:
+            try:
+                self.grammar_backend = create_grammar_backend(
+                    "xgrammar", self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
+            except (ImportError, ValueError) as e:  # 服务器缺依赖：不是输入的错 / missing on the server side
+                req.finished_reason = FINISH_ABORT(str(e), status_code=501)
+                self._pending_out.add(req, [])
+                return
+        future = self.grammar_backend.get_cached_or_future_value(grammar_key(req.sampling_params))
+        self.grammar_queue.append((req, future))
+
+    def move_ready_grammar_requests(self, out: BatchTokenIDOut) -> None:
+        """编好语法的请求（按到达顺序）移进 waiting_queue；编译失败的以 400 abort 结束。
+
+        Move requests whose grammar is ready (in arrival order) to the waiting queue; a failed
+        compile ends its request with a 400 abort. Under tensor parallelism every rank moves the
+        same number (the minimum over ranks), so the schedulers stay in step.
+        """
+        if not self.grammar_queue:
+            return
+        if not (self.waiting_queue or self.running_reqs or self.chunked_req):
+            # 别的都没事可做：等一会儿编译结果，而不是空转。Nothing else to do: wait briefly, don't spin.
+            concurrent.futures.wait([f for _, f in self.grammar_queue], timeout=GRAMMAR_POLL_S,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        now = time.perf_counter()
+        n_ready = 0
+        for req, fut in self.grammar_queue:
+            if not (fut.done() or now - req.created_time > GRAMMAR_TIMEOUT_S):
+                break
+            n_ready += 1
+        n_ready = distributed.all_reduce_min(n_ready)
+        ready, self.grammar_queue = self.grammar_queue[:n_ready], self.grammar_queue[n_ready:]
+        for req, fut in ready:
+            error, status = None, 400
+            if not fut.done():
+                error, status = f"the grammar did not compile within {GRAMMAR_TIMEOUT_S:.0f} s", 503
+            elif fut.cancelled():  # 后端已关闭 / the backend shut down
+                error, status = "the grammar compilation was cancelled", 503
+            elif fut.exception() is not None:
+                e = fut.exception()
+                if not isinstance(e, InvalidGrammarError):  # 库自己的故障 / the library's own failure
+                    error, status = f"grammar compilation failed: {type(e).__name__}: {e}", 500
+                else:
+                    error = str(e)
+            if error is not None:
+                req.finished_reason = FINISH_ABORT(error, status_code=status)
+                out.add(req, [])
+                continue
+            req.grammar = fut.result().copy()  # 缓存的是模板，每个请求一个新匹配器 / a fresh matcher each
+            self.waiting_queue.append(req)
 
     def _validate(self, req: Req) -> Optional[str]:
         ids, vocab = req.origin_input_ids, self.model_config.vocab_size
@@ -168,8 +244,11 @@ class Scheduler:
         capacity = self.token_to_kv_pool_allocator.size
         if len(ids) + 1 > capacity:
             return f"the prompt ({len(ids)} tokens) does not fit the KV pool ({capacity} tokens)"
+        if req.lora_id is not None and req.lora_id not in self.lora_names:
+            return unknown_lora_message(req.lora_id, self.lora_names)
         try:
             req.sampling_params.verify(vocab)
+            check_logprob_args(req.return_logprob, req.top_logprobs_num)
         except ValueError as e:
             return str(e)
         return None
@@ -189,6 +268,11 @@ class Scheduler:
                     self._release(req)
                 req.finished_reason = FINISH_ABORT(message)
                 self._pending_out.add(req, [])
+        for req, fut in list(self.grammar_queue):  # 还在等语法：直接移除（编译结果仍会进缓存）/ still compiling
+            if req.rid == rid:
+                self.grammar_queue.remove((req, fut))
+                req.finished_reason = FINISH_ABORT(message)
+                self._pending_out.add(req, [])
         for req in self.running_reqs + ([self.chunked_req] if self.chunked_req else []):
             if req.rid == rid:
                 req.to_abort = message
@@ -206,7 +290,8 @@ class Scheduler:
             out.add(req, [])
 
     def has_work(self) -> bool:
-        return bool(self.waiting_queue or self.running_reqs or self.chunked_req or len(self._pending_out))
+        return bool(self.waiting_queue or self.running_reqs or self.chunked_req or len(self._pending_out)
+                    or self.grammar_queue)
 
     # ======== 一步 / One step ========
     def step(self) -> StepOutput:
@@ -214,6 +299,7 @@ class Scheduler:
         t0 = time.perf_counter()
         out, self._pending_out = self._pending_out, BatchTokenIDOut()
         self._process_aborts(out)
+        self.move_ready_grammar_requests(out)
         retracted: List[str] = []
         batch, mode = self.get_new_batch_prefill(), ForwardMode.EXTEND
         if batch is None and self.running_reqs:
@@ -223,12 +309,15 @@ class Scheduler:
             return StepOutput(None, out=out, retracted=retracted, duration_s=time.perf_counter() - t0)
         fb = self._prepare_extend(batch) if mode.is_extend() else self._prepare_decode(batch)
         logits = self.model_runner.forward(fb)
+        # logprobs 用采样之前的原始 logits；没人要时什么也不算。Raw logits, before sampling; nothing if nobody asks.
+        logprob_rows = select_logprob_rows(logits, batch)
         next_ids, bad_rows = self.sampler(logits, batch)
         # 张量并行：所有 rank 用 rank 0 采出的 token，调度状态因此逐步一致（tp=1 时什么也不做）。
         # Tensor parallel: every rank takes rank 0's tokens, so all schedulers stay in step (no-op at tp=1).
         next_ids = distributed.broadcast_tensor(next_ids)
         self.forward_ct += 1
-        self.process_batch_result(batch, mode, next_ids.tolist(), bad_rows, out)
+        logprobs = gather_logprobs(logprob_rows, next_ids, batch) if logprob_rows else None
+        self.process_batch_result(batch, mode, next_ids.tolist(), bad_rows, out, logprobs)
         return StepOutput(mode, [r.rid for r in batch], len(fb.input_ids), out, retracted,
                           time.perf_counter() - t0)
 
@@ -251,12 +340,16 @@ class Scheduler:
         if self.chunked_req is not None:
             adder.add_chunked_req(self.chunked_req)
         self.policy.calc_priority(self.waiting_queue)
+        loras = {r.lora_id for r in self.running_reqs + adder.can_run_list} - {None}
         for req in self.waiting_queue:
             if len(self.running_reqs) + len(adder.can_run_list) >= self.max_running_requests:
                 break
+            if req.lora_id is not None and req.lora_id not in loras and len(loras) >= self.max_loras_per_batch:
+                continue  # 适配器槽位已满：先等着，让后面的请求先进（同 SGLang）/ no free adapter slot: wait
             req.init_next_round_input(self.tree_cache)
             if adder.add_one_req(req) != AddReqResult.CONTINUE:
                 break
+            loras |= {req.lora_id} - {None}
         if not adder.can_run_list and not self.running_reqs and self.waiting_queue:
             # 什么都没在跑，但队首也放不进预算：只要输入放得下就强行接纳（输出靠 retraction/abort 兜底）。
             # Nothing runs and the head does not fit the budget: admit it if its input alone fits.
@@ -324,6 +417,9 @@ class Scheduler:
             seq_lens_cpu=seq_lens,
             extend_prefix_lens=prefix_lens,
             extend_seq_lens=extend_lens,
+            # 每个请求的适配器（LoRAManager.prepare 据此分段）；没人用适配器时为 None。
+            # Each request's adapter (LoRAManager.prepare cuts segments from it); None when nobody uses one.
+            lora_ids=[r.lora_id for r in reqs] if any(r.lora_id is not None for r in reqs) else None,
         )
 
     # ======== decode ========
@@ -406,10 +502,14 @@ class Scheduler:
 
     # ======== 结果 / Results ========
     def process_batch_result(self, batch: List[Req], mode: ForwardMode, next_ids: List[int],
-                             bad_rows: List[bool], out: BatchTokenIDOut) -> None:
-        """追加 token、检查结束、把 KV 交给缓存。Append tokens, check finish, hand KV to the cache."""
+                             bad_rows: List[bool], out: BatchTokenIDOut, logprobs: Optional[list] = None) -> None:
+        """追加 token（和它的 logprob）、检查结束、把 KV 交给缓存。
+
+        Append tokens (and their logprobs: one (token, top-k) entry per row, or None; see
+        sampling/logprobs.py), check finish, hand KV to the cache.
+        """
         now = time.perf_counter()
-        for req, tok, bad in zip(batch, next_ids, bad_rows):
+        for req, tok, bad, lp in zip(batch, next_ids, bad_rows, logprobs or [None] * len(batch)):
             if mode.is_extend():
                 req.kv_len = len(req.fill_ids)
                 if req.is_chunked:  # 还有下一块：这一步的 logits 不用 / more chunks: logits unused
@@ -420,8 +520,16 @@ class Scheduler:
             if bad:
                 req.finished_reason = FINISH_ABORT("the model produced NaN/Inf logits")
                 new_ids = []
+            elif req.grammar is not None and not req.grammar.accept_token(tok):
+                # 掩码只放行合法 token，所以这不该发生；真发生了也只结束这一个请求。
+                # The mask lets only legal tokens through, so this should not happen; if it does, end just this one.
+                req.finished_reason = FINISH_ABORT(f"token {tok} does not fit the request's grammar")
+                new_ids = []
             else:
                 req.output_ids.append(tok)
+                if lp is not None:  # 与 output_ids 一一对应 / one entry per output id
+                    req.output_token_logprobs.append(lp[0])
+                    req.output_top_logprobs.append(lp[1])
                 req.first_token_time = req.first_token_time or now
                 req.check_finished(self.tokenizer)
                 new_ids = [tok]
@@ -437,8 +545,10 @@ class Scheduler:
     # ======== 管理 / Maintenance ========
     def flush_cache(self) -> bool:
         """清空前缀缓存（只在空闲时）。Drop the prefix cache (only when idle)."""
-        if self.waiting_queue or self.running_reqs or self.chunked_req:
+        if self.waiting_queue or self.running_reqs or self.chunked_req or self.grammar_queue:
             return False
+        if self.grammar_backend is not None:
+            self.grammar_backend.reset()  # 编译好的语法也一并丢掉（同 SGLang）/ compiled grammars too, as SGLang
         self.tree_cache.reset()
         self.token_to_kv_pool_allocator.clear()
         self.req_to_token_pool.clear()
@@ -449,7 +559,7 @@ class Scheduler:
         used = alloc.size - alloc.available_size()
         return {
             "num_running_reqs": len(self.running_reqs) + (1 if self.chunked_req else 0),
-            "num_queued_reqs": len(self.waiting_queue),
+            "num_queued_reqs": len(self.waiting_queue) + len(self.grammar_queue),
             "max_total_num_tokens": alloc.size,
             "available_kv_tokens": alloc.available_size(),
             "used_kv_tokens": used,

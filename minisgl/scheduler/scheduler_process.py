@@ -114,9 +114,10 @@ class SchedulerLoop:
     def handle(self, msg) -> None:
         sched = self.scheduler
         if isinstance(msg, TokenizedGenerateReqInput):
-            queue_full = self.max_queued is not None and len(sched.waiting_queue) >= self.max_queued
+            queued = len(sched.waiting_queue) + len(sched.grammar_queue)  # 等语法的也算排队 / grammar waits count
+            queue_full = self.max_queued is not None and queued >= self.max_queued
             if queue_full and not msg.rid.startswith(HEALTH_CHECK_PREFIX):
-                self.rejected.add_rejected(msg.rid, f"the server is overloaded: {len(sched.waiting_queue)} requests "
+                self.rejected.add_rejected(msg.rid, f"the server is overloaded: {queued} requests "
                                            f"are queued (--max-queued-requests {self.max_queued})",
                                            len(msg.input_ids), 503)
             else:

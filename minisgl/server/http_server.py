@@ -57,7 +57,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from minisgl.io_struct import GenerateReqInput
@@ -120,6 +120,10 @@ class GenerateRequest(BaseModel):
     sampling_params: Optional[Union[Dict[str, Any], List[Dict[str, Any]]]] = None
     stream: bool = False
     rid: Optional[Union[str, List[str]]] = None
+    lora_path: Optional[Union[str, List[Optional[str]]]] = None  # LoRA 适配器名（SGLang 的名字）/ adapter name
+    # logprobs（SGLang 的名字，取值由 normalize 检查）。Logprobs (SGLang's names; values checked by normalize).
+    return_logprob: Union[StrictBool, List[StrictBool]] = False
+    top_logprobs_num: Union[StrictInt, List[StrictInt]] = 0
 
 
 class AbortRequest(BaseModel):
@@ -193,7 +197,8 @@ def create_app(tm, args, info: Dict[str, Any]) -> FastAPI:
     async def generate(request: Request):
         body = await parse_body(request, GenerateRequest)
         obj = GenerateReqInput(text=body.text, input_ids=body.input_ids, sampling_params=body.sampling_params,
-                               stream=body.stream, rid=body.rid)
+                               stream=body.stream, rid=body.rid, return_logprob=body.return_logprob,
+                               top_logprobs_num=body.top_logprobs_num, lora_path=body.lora_path)
         is_batch, reqs, _ = tm.normalize(obj)
         updates = tm.generate(reqs, request, stream=body.stream)
 
@@ -219,29 +224,33 @@ def create_app(tm, args, info: Dict[str, Any]) -> FastAPI:
     # Accepted model names: the served name, the path, its folder name, and "default" (many clients send it).
     known_models = {model_name, args.model_path, os.path.basename(os.path.normpath(args.model_path)), "default"}
 
-    def check_model(name: Optional[str]) -> None:
-        if name is not None and name not in known_models:
-            raise RequestError(f"the model {name!r} does not exist; this server serves {model_name!r} "
-                               "(see GET /v1/models)", 404)
+    def check_model(name: Optional[str]) -> Optional[str]:
+        """model 字段 → LoRA 适配器名（"name" 或 "base:name"）或 None。The adapter the model names, or None."""
+        return openai_api.model_to_lora(name, known_models, tm.lora_names, model_name)
 
     @app.post("/v1/completions")
     async def v1_completions(request: Request):
         body = await parse_body(request, openai_api.CompletionRequest)
-        check_model(body.model)
-        return await openai_api.completions(tm, body, request, model_name)
+        lora = check_model(body.model)
+        return await openai_api.completions(tm, body, request, body.model if lora else model_name, lora_path=lora)
 
     @app.post("/v1/chat/completions")
     async def v1_chat_completions(request: Request):
         body = await parse_body(request, openai_api.ChatCompletionRequest)
-        check_model(body.model)
-        return await openai_api.chat_completions(tm, body, request, model_name)
+        lora = check_model(body.model)
+        return await openai_api.chat_completions(tm, body, request, body.model if lora else model_name,
+                                                 lora_path=lora)
 
     # ---- 信息 / information ----
     @app.get("/v1/models")
     async def v1_models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
-                                            "owned_by": "minisgl", "root": args.model_path,
-                                            "max_model_len": tm.context_len}]}
+        base = {"id": model_name, "object": "model", "created": started, "owned_by": "minisgl",
+                "root": args.model_path, "max_model_len": tm.context_len}
+        # LoRA 适配器各占一行（"model": "name" 或 "base:name" 选用它）。One entry per LoRA adapter.
+        loras = [{"id": name, "object": "model", "created": started, "owned_by": "minisgl", "root": path,
+                  "parent": model_name, "max_model_len": tm.context_len}
+                 for name, path in args.lora_adapters().items()]
+        return {"object": "list", "data": [base, *loras]}
 
     @app.get("/get_model_info")
     async def get_model_info():
