@@ -209,7 +209,7 @@ SECTIONS = [
         ("坏行", "bad rows (NaN/Inf)", "logits 含非有限值的行；请求以 abort 结束。", "Rows whose logits are not finite; their requests end with abort.", SA + "sampler.Sampler.__call__"),
         ("参数校验", "validation", "verify() 检查每个字段的范围，报错写出字段名。", "verify() checks each field's range; errors name the field.", SA + "sampling_params.SamplingParams.verify"),
         ("确定性", "determinism", "同样的输入得到同样的输出；贪心与带种子的采样是确定的。", "The same input gives the same output; greedy and seeded sampling are deterministic.", "09-sampling.md"),
-        ("结构化输出", "structured output", "按 JSON schema 或正则约束生成（字段已预留，第 11 章）。", "Generation constrained by a JSON schema or regex (fields reserved, chapter 11).", SA + "sampling_params.SamplingParams.json_schema"),
+        ("结构化输出", "structured output", "按 JSON schema 或正则约束生成：每步用语法位掩码遮住不合法的 token（xgrammar，第 11 章）。", "Generation constrained by a JSON schema or regex: a grammar bitmask hides illegal tokens at every step (xgrammar, chapter 11).", SA + "sampling_params.SamplingParams.json_schema"),
     ]),
     ("分词", "Tokenization", [
         ("分词器", "tokenizer", "文字 ↔ token id 的转换器；minisgl 用 HF 的。", "Converts text ↔ token ids; minisgl uses Hugging Face's.", E + "utils.load_tokenizer"),
