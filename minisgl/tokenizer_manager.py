@@ -265,7 +265,6 @@ class TokenizerManager:
             sock = self._ctx.socket(zmq.PUSH)
             sock.connect(ipc.scheduler_for(dp) if dp else ipc.scheduler)
             self.send_to_schedulers.append(sock)
-        self.send_to_scheduler = self.send_to_schedulers[0]
         self.recv_from_workers = self._actx.socket(zmq.PULL)
         self.recv_from_workers.bind(ipc.tokenizer)
         self.rid_to_state: Dict[str, ReqState] = {}
