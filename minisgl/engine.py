@@ -220,6 +220,9 @@ class Engine:
                         yield delta
                 if step.forward_mode is None and not len(out) and not self.scheduler.has_work():
                     raise RuntimeError("the scheduler went idle with unfinished requests (a bug)")
+            # 重叠调度：最后发射的那一批只剩已结束的请求（多算的一步），处理掉它，引擎回到空闲。
+            # Overlap: the last launched batch holds only finished requests (the extra step); process it.
+            self.scheduler.sync_inflight()
         finally:
             # 调用者中途放弃：中止剩下的请求并清理。The caller gave up: abort the rest and clean up.
             unfinished = [rid for rid, s in states.items() if not s.finished]

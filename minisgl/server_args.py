@@ -74,6 +74,9 @@ class ServerArgs:
                                           choices=["torch", "triton"])
     disable_cuda_graph: bool = _f(False, "关闭 decode 的 CUDA graph / disable CUDA graphs for decode")
     cuda_graph_max_bs: int = _f(256, "CUDA graph 捕获的最大 batch / largest captured batch size")
+    disable_overlap_schedule: bool = _f(False, "关闭重叠调度（GPU 上默认开）/ disable the overlap scheduler (on by default on GPU)")
+    enable_overlap_schedule: bool = _f(False, "CPU 上也用重叠调度（测试与学习用）/ use the overlap scheduler on CPU too "
+                                              "(for tests and learning)")
     random_seed: int = _f(0, "全局随机种子 / global random seed")
     api_key: Optional[str] = _f(None, "需要 Authorization: Bearer <key> / require this API key")
     enable_metrics: bool = _f(False, "开启 /metrics（Prometheus）/ enable /metrics")
@@ -141,6 +144,12 @@ class ServerArgs:
             # The torch backend keeps decode metadata in Python lists, which a CUDA graph cannot
             # capture (a replay would reuse the captured lengths): graphs only with Triton.
             a.disable_cuda_graph = True
+        if a.enable_overlap_schedule and a.disable_overlap_schedule:
+            raise ValueError("--enable-overlap-schedule and --disable-overlap-schedule contradict each other")
+        # 重叠调度：GPU 算这一步时 CPU 准备下一步（第 06 章）。CPU 上 torch 是同步的，没什么可藏，默认关。
+        # Overlap: the CPU prepares the next step while the GPU runs this one (chapter 06). On CPU torch
+        # runs synchronously, so there is nothing to hide: off unless asked for. Resolved: enable_* is the answer.
+        a.enable_overlap_schedule = a.enable_overlap_schedule or (a.device == "cuda" and not a.disable_overlap_schedule)
         if a.lora_paths is not None:  # dict / 单个字符串 → ["name=path", ...]（命令行可以原样写回）/ CLI-shaped
             a.lora_paths = [f"{name}={path}" for name, path in a.lora_adapters().items()]
         a.check()

@@ -2,7 +2,8 @@
 
 Covers Qwen3 / Qwen2 / Llama (incl. tied embeddings, llama3 RoPE scaling, GQA and MHA), single
 prompts and a batch of 16 mixed-length prompts sharing prefixes, page size 1 and 4, forced-small
-chunked prefill, radix cache on and off, and a KV pool so small that retraction must happen.
+chunked prefill, radix cache on and off, a KV pool so small that retraction must happen, and the
+overlap scheduler (forced on CPU) with those variants.
 """
 import random
 
@@ -57,6 +58,12 @@ VARIANTS = {
     "tiny-pool": {"max_total_tokens": 192, "schedule_conservativeness": 0.05},
     "tiny-pool-page4": {"max_total_tokens": 192, "page_size": 4, "schedule_conservativeness": 0.05},
     "tiny-pool-no-radix": {"max_total_tokens": 192, "disable_radix_cache": True, "schedule_conservativeness": 0.05},
+    # 重叠调度（GPU 上的默认）在 CPU 上强制打开：结果必须与 HF 一样。The overlap scheduler, forced on CPU.
+    "overlap": {"enable_overlap_schedule": True},
+    "overlap-chunk16-page4": {"enable_overlap_schedule": True, "chunked_prefill_size": 16, "page_size": 4},
+    "overlap-tiny-pool": {"enable_overlap_schedule": True, "max_total_tokens": 192, "schedule_conservativeness": 0.05},
+    "overlap-tiny-pool-page4": {"enable_overlap_schedule": True, "max_total_tokens": 192, "page_size": 4,
+                                "schedule_conservativeness": 0.05},
 }
 
 
@@ -70,7 +77,7 @@ def test_batch_of_16_matches_hf(checkpoint, name, variant):
     for ids, out in zip(prompts, outs):
         assert out["output_ids"] == hf_greedy(path, ids, MAX_NEW)
     stats = engine.scheduler.get_stats()
-    if variant.startswith("tiny-pool"):
+    if "tiny-pool" in variant:
         assert stats["num_retractions"] > 0, "the tiny pool was meant to force retraction"
     assert_pool_whole(engine)
     # 再跑一遍：缓存命中之后结果仍然相同。Run again: the cached run gives the same tokens.
@@ -79,7 +86,7 @@ def test_batch_of_16_matches_hf(checkpoint, name, variant):
     hits = [o["meta_info"]["cached_tokens"] for o in again]
     if "no-radix" in variant:
         assert hits == [0, 0, 0, 0]
-    elif not variant.startswith("tiny-pool"):
+    elif "tiny-pool" not in variant:
         # 第二次运行时整段 prompt（按页对齐，最后一个 token 除外）都应命中。
         # On the rerun the whole prompt (page-aligned, last token excluded) is cached.
         ps = VARIANTS[variant].get("page_size", 1)

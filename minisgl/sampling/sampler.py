@@ -15,7 +15,8 @@
 #   top-k / top-p / min-p paint out the thin ones, then the wheel spins.
 #
 # 【核心架构】Architecture
-#   Scheduler ──(logits [bs, V], reqs)──► Sampler.__call__
+#   Scheduler ──(logits [bs, V], reqs)──► Sampler.sample（结果留在设备上 / result stays on the device）
+#                                          │  （__call__ = sample + 拷回主机 / + the copy to the host）
 #                                          ├─ apply_grammar_mask            语法位掩码 / grammar bitmask
 #                                          ├─ SamplingBatchInfo.from_reqs   收集每行参数 / per-row knobs
 #                                          ├─ apply_penalties                重复惩罚 / penalties
@@ -34,12 +35,15 @@
 #   - repetition (HF/CTRL): 出现过（prompt+输出）的 token，l>0 则 l/r，否则 l*r。
 #   - top-p（nucleus）：按概率降序排序，保留累计概率刚好达到 p 的最小集合（至少 1 个）。
 #   - min-p：丢弃 prob < min_p * max_prob 的 token。
+#   - sample() 不同步主机：重叠调度（第 06 章）靠它在 GPU 算这一步时先去准备下一步。
+#     sample() never syncs the host: the overlap scheduler (chapter 06) relies on that.
 #   - 这是 CPU/GPU 通用的 torch 实现；需要截断时每步 O(bs·V·log V)（排序），否则不排序。
 #     Plain torch on any device; the sort (O(bs·V·log V)) runs only when a row truncates.
 #
 # 【使用方式】Usage
 #   >>> sampler = Sampler()
-#   >>> next_ids, bad_rows = sampler(logits, reqs)   # logits: [bs, V] float32
+#   >>> next_ids, bad_rows = sampler(logits, reqs)   # logits: [bs, V] float32 → CPU ids, list of bool
+#   >>> ids, bad = sampler.sample(logits, reqs)       # 都在设备上 / both on the device
 #
 # 【对应章节】Chapter: docs/zh/09-sampling.md
 # ================================================================================
@@ -167,10 +171,23 @@ class Sampler:
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, reqs: Sequence) -> Tuple[torch.Tensor, List[bool]]:
-        """采样下一个 token。Sample the next token of each row.
+        """采样下一个 token，并拷回主机。Sample the next token of each row and copy it to the host.
+
+        Returns (next_token_ids [bs] int64 on CPU, bad_rows: rows whose logits were not finite).
+        The scheduler calls sample() instead, so the copy can overlap the next step (chapter 06).
+        """
+        next_ids, bad = self.sample(logits, reqs)
+        # 唯一的一次设备→主机拷贝。The one device-to-host copy of the step.
+        both = torch.stack([next_ids, bad.long()]).cpu()
+        return both[0], [bool(b) for b in both[1].tolist()]
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, reqs: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+        """采样，结果留在设备上（不同步主机）。Sample, leaving the result on the device (no host sync).
 
         【工作流程】Workflow: NaN check → grammar mask → penalties → greedy/temperature → filter → draw.
-        Returns (next_token_ids [bs] int64 on CPU, bad_rows: rows whose logits were not finite).
+        Returns (next_token_ids [bs] int64, bad [bs] bool: rows whose logits were not finite),
+        both on logits' device.
         """
         logits = logits.float()
         # 坏行换成 0，让这一批其他请求照常进行；调度器会 abort 坏行的请求（不在这里同步）。
@@ -189,27 +206,28 @@ class Sampler:
             # min_new_tokens may hide the only token the grammar allows (EOS): the grammar wins.
             dead = torch.isneginf(logits).all(dim=-1, keepdim=True)  # [bs, 1]
             logits = torch.where(dead, before, logits)
-        info = SamplingBatchInfo.from_reqs(reqs, logits.shape[-1], logits.device)
 
         next_ids = logits.argmax(dim=-1)  # [bs]：贪心结果 / greedy result
-        if not all(info.is_greedy):
-            probs = torch.softmax(logits / info.temperatures, dim=-1)
-            if info.need_top_k or info.need_top_p or info.need_min_p:
-                # 只在要截断时排序：[bs, V] 的排序是一步里最贵的 kernel 之一（V≈15 万、bs=256 时几毫秒）。
-                # Sort only when something is truncated: a [bs, V] sort is among a step's most
-                # expensive kernels (milliseconds at V ≈ 152k, bs = 256).
-                probs = top_k_top_p_min_p_filter(probs, info)
-            # 指数竞赛（exponential race）：argmax(p_i / E_i)，E_i ~ Exp(1)，与按 p 抽样同分布，且整批一次完成。
-            # The exponential race argmax(p_i / E_i) samples from p, for the whole batch in one kernel.
-            sampled = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
-            greedy = to_device(info.is_greedy, torch.bool, logits.device)
-            next_ids = torch.where(greedy, next_ids, sampled)
-            for i, gen in enumerate(info.generators):
-                if gen is not None and not info.is_greedy[i]:
-                    # 带 seed 的行用自己的发生器重抽：结果与同批的其他请求无关。
-                    # A seeded row redraws with its own generator, so batch-mates never matter.
-                    row = probs[i].to(gen.device)
-                    next_ids[i] = torch.multinomial(row, 1, generator=gen).to(next_ids.device)[0]
-        # 唯一的一次设备→主机拷贝。The one device-to-host copy of the step.
-        both = torch.stack([next_ids, (~finite).long()]).cpu()
-        return both[0], [bool(b) for b in both[1].tolist()]
+        if all(r.sampling_params.is_greedy for r in reqs):
+            # 全是贪心（基准测试与大多数评测）：不建采样张量，省下每步四次主机→设备拷贝。
+            # All greedy (benchmarks, most evals): no sampling tensors, four host→device copies saved per step.
+            return next_ids, ~finite
+        info = SamplingBatchInfo.from_reqs(reqs, logits.shape[-1], logits.device)
+        probs = torch.softmax(logits / info.temperatures, dim=-1)
+        if info.need_top_k or info.need_top_p or info.need_min_p:
+            # 只在要截断时排序：[bs, V] 的排序是一步里最贵的 kernel 之一（V≈15 万、bs=256 时几毫秒）。
+            # Sort only when something is truncated: a [bs, V] sort is among a step's most
+            # expensive kernels (milliseconds at V ≈ 152k, bs = 256).
+            probs = top_k_top_p_min_p_filter(probs, info)
+        # 指数竞赛（exponential race）：argmax(p_i / E_i)，E_i ~ Exp(1)，与按 p 抽样同分布，且整批一次完成。
+        # The exponential race argmax(p_i / E_i) samples from p, for the whole batch in one kernel.
+        sampled = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
+        greedy = to_device(info.is_greedy, torch.bool, logits.device)
+        next_ids = torch.where(greedy, next_ids, sampled)
+        for i, gen in enumerate(info.generators):
+            if gen is not None and not info.is_greedy[i]:
+                # 带 seed 的行用自己的发生器重抽：结果与同批的其他请求无关。
+                # A seeded row redraws with its own generator, so batch-mates never matter.
+                row = probs[i].to(gen.device)
+                next_ids[i] = torch.multinomial(row, 1, generator=gen).to(next_ids.device)[0]
+        return next_ids, ~finite

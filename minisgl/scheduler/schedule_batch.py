@@ -122,7 +122,8 @@ class Req:
 
         # ---- 内存 / memory ----
         self.req_pool_idx: Optional[int] = None
-        self.kv_len = 0  # 已有 KV 的 token 数 / tokens whose KV is in the pool
+        self.kv_len = 0  # 已有（或已排进设备队列的）KV 的 token 数 / tokens whose KV is in the pool (or queued)
+        self.last_loc = -1  # 位置 kv_len-1 的槽位，主机上记着（decode 续页用）/ slot of position kv_len-1, on the host
         self.prefix_indices: torch.Tensor = torch.empty(0, dtype=torch.int64)
         self.last_node: Any = None
         # ---- 本轮 / this round ----

@@ -105,6 +105,46 @@ class StepOutput:
         return f"StepOutput({mode}, bs={len(self.rids)}, tokens={self.num_tokens}, finished={done}{extra})"
 
 
+def needs_last_token(req: Req) -> bool:
+    """这个请求的下一次采样要读它自己的输出（语法、惩罚、min_new_tokens）：重叠调度得先等上一步。
+
+    The request's next sampling reads its own output (grammar, penalties, min_new_tokens), so the
+    overlap scheduler must have the previous step's token on the host first.
+    """
+    p = req.sampling_params
+    return (req.grammar is not None or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+            or p.repetition_penalty != 1.0 or len(req.output_ids) < p.min_new_tokens)
+
+
+def _lora_ids(reqs: List[Req]) -> Optional[List[Optional[str]]]:
+    # 每个请求的适配器（LoRAManager.prepare 据此分段）；没人用适配器时为 None。
+    # Each request's adapter (LoRAManager.prepare cuts segments from it); None when nobody uses one.
+    return [r.lora_id for r in reqs] if any(r.lora_id is not None for r in reqs) else None
+
+
+@dataclass
+class LaunchedBatch:
+    """已发射、结果可能还在路上的一批（重叠调度的“期货”）。A launched batch whose result may still be on its way.
+
+    The forward pass and the sampling are queued on the device; `host_ids` receives the sampled
+    ids (row 0) and the bad-row flags (row 1) through an asynchronous copy that `done` marks.
+    """
+
+    reqs: List[Req]
+    mode: ForwardMode
+    num_tokens: int
+    host_ids: torch.Tensor  # [2, bs] int64，CPU（锁页内存 / pinned on GPU machines）
+    done: Optional["torch.cuda.Event"]  # None：CPU 上拷贝已完成 / None: on CPU the copy is complete
+    logprobs: Optional[list] = None
+
+    def results(self) -> Tuple[List[int], List[bool]]:
+        """等这批在设备上算完，拿回 token。Wait for the device, then read the tokens."""
+        if self.done is not None:
+            self.done.synchronize()
+        ids, bad = self.host_ids.tolist()
+        return ids, [bool(b) for b in bad]
+
+
 class Scheduler:
     """连续批处理调度器（见文件头）。The continuous-batching scheduler; see the file header."""
 
@@ -148,6 +188,14 @@ class Scheduler:
         lora_manager = getattr(self.model_runner, "lora_manager", None)
         self.lora_names = set(lora_manager.names) if lora_manager is not None else set()
         self.max_loras_per_batch = args.max_loras_per_batch
+        # 重叠调度（第 06 章）：最近发射、结果还没处理的一批。Overlap (chapter 06): the launched, unprocessed batch.
+        self.enable_overlap = args.enable_overlap_schedule
+        self.inflight: Optional[LaunchedBatch] = None
+        # 每个 req_to_token 行最近采出的 token，留在设备上：decode 的输入从这里取，CPU 不必先拿到上一步的结果。
+        # The latest sampled token of each req_to_token row, kept on the device: decode reads its
+        # inputs from here, so the CPU need not have the previous step's result (SGLang's future map).
+        self.last_token_ids = torch.zeros(self.req_to_token_pool.size, dtype=torch.int64,
+                                          device=self.model_runner.device)
 
     # ======== 请求进出 / Requests in and out ========
     def add_request(self, recv: TokenizedGenerateReqInput) -> Req:
@@ -291,35 +339,110 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting_queue or self.running_reqs or self.chunked_req or len(self._pending_out)
-                    or self.grammar_queue)
+                    or self.grammar_queue or self.inflight is not None)
 
     # ======== 一步 / One step ========
     def step(self) -> StepOutput:
-        """跑一轮调度（见文件头的流程图）。Run one scheduling iteration (see the header)."""
+        """跑一轮调度（见文件头的流程图）。Run one scheduling iteration (see the header).
+
+        With overlap scheduling on (the default on GPU) the iteration launches the next batch
+        first and then processes the previous one, so StepOutput.out holds the previous batch's tokens.
+        """
+        return self._step_overlap() if self.enable_overlap else self._step_normal()
+
+    def _step_normal(self) -> StepOutput:
         t0 = time.perf_counter()
         out, self._pending_out = self._pending_out, BatchTokenIDOut()
         self._process_aborts(out)
         self.move_ready_grammar_requests(out)
+        batch, mode, retracted = self._schedule(out)
+        if not batch:
+            return StepOutput(None, out=out, retracted=retracted, duration_s=time.perf_counter() - t0)
+        launched = self.run_batch(batch, mode)
+        self._process_launched(launched, out)
+        return StepOutput(mode, [r.rid for r in batch], launched.num_tokens, out, retracted,
+                          time.perf_counter() - t0)
+
+    def _step_overlap(self) -> StepOutput:
+        """重叠调度：先发射下一批，再处理上一批；CPU 的活藏在 GPU 的计算后面。
+
+        Overlap scheduling (SGLang's event_loop_overlap): launch batch N+1, then process batch N
+        while the device computes N+1, so the host work of a step hides behind the device's.
+        Decode inputs come from last_token_ids on the device, so N+1 needs no token of N on the host.
+        A request that finishes at N is already in N+1: that extra token is dropped (it costs one
+        row of one step). Wait for N first when N+1 needs N's result on the host: after an extend
+        (new requests join the running batch, a chunked request's prefix moves) and when N holds a
+        request whose sampling reads its own output (grammar, penalties, min_new_tokens).
+        """
+        t0 = time.perf_counter()
+        out, self._pending_out = self._pending_out, BatchTokenIDOut()
+        if self.inflight is not None and (self.inflight.mode.is_extend()
+                                          or any(needs_last_token(r) for r in self.inflight.reqs)):
+            self._process_launched(self.inflight, out)
+            self.inflight = None
+        self._process_aborts(out)
+        self.move_ready_grammar_requests(out)
+        batch, mode, retracted = self._schedule(out)
+        if self.inflight is not None and mode is ForwardMode.DECODE:
+            # 上一批（decode）里已采到最后一个 token 的请求一定会按长度结束：不再给它们算一步。
+            # A request whose in-flight token is its last (max_new_tokens) surely ends: no step for it.
+            batch = [r for r in batch if len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
+        launched = self.run_batch(batch, mode) if batch else None
+        if self.inflight is not None:
+            self._process_launched(self.inflight, out)
+        self.inflight = launched
+        if launched is None:
+            return StepOutput(None, out=out, retracted=retracted, duration_s=time.perf_counter() - t0)
+        return StepOutput(mode, [r.rid for r in batch], launched.num_tokens, out, retracted,
+                          time.perf_counter() - t0)
+
+    def _schedule(self, out: BatchTokenIDOut) -> Tuple[Optional[List[Req]], ForwardMode, List[str]]:
+        """选下一批：prefill 优先，否则 decode（必要时 retraction）。Pick the next batch: prefill first, else decode."""
         retracted: List[str] = []
         batch, mode = self.get_new_batch_prefill(), ForwardMode.EXTEND
         if batch is None and self.running_reqs:
             batch, retracted = self.update_running_batch(out)
             mode = ForwardMode.DECODE
-        if not batch:
-            return StepOutput(None, out=out, retracted=retracted, duration_s=time.perf_counter() - t0)
+        return batch, mode, retracted
+
+    def run_batch(self, batch: List[Req], mode: ForwardMode) -> LaunchedBatch:
+        """准备输入、前向、采样，把结果排进一次异步拷贝；不等设备算完。
+
+        Prepare the inputs, run the forward pass and the sampler, and queue one asynchronous copy
+        of the result; the host does not wait for the device (except for logprobs, which are rare).
+        """
         fb = self._prepare_extend(batch) if mode.is_extend() else self._prepare_decode(batch)
         logits = self.model_runner.forward(fb)
         # logprobs 用采样之前的原始 logits；没人要时什么也不算。Raw logits, before sampling; nothing if nobody asks.
         logprob_rows = select_logprob_rows(logits, batch)
-        next_ids, bad_rows = self.sampler(logits, batch)
+        next_ids, bad = self.sampler.sample(logits, batch)
         # 张量并行：所有 rank 用 rank 0 采出的 token，调度状态因此逐步一致（tp=1 时什么也不做）。
         # Tensor parallel: every rank takes rank 0's tokens, so all schedulers stay in step (no-op at tp=1).
         next_ids = distributed.broadcast_tensor(next_ids)
+        self.last_token_ids[fb.req_pool_indices] = next_ids  # 下一步 decode 的输入 / the next decode's input
         self.forward_ct += 1
         logprobs = gather_logprobs(logprob_rows, next_ids, batch) if logprob_rows else None
-        self.process_batch_result(batch, mode, next_ids.tolist(), bad_rows, out, logprobs)
-        return StepOutput(mode, [r.rid for r in batch], len(fb.input_ids), out, retracted,
-                          time.perf_counter() - t0)
+        both = torch.stack([next_ids, bad.long()])  # [2, bs]
+        done = None
+        if both.is_cuda:
+            host = torch.empty(both.shape, dtype=both.dtype, pin_memory=True)
+            host.copy_(both, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            both = host
+        return LaunchedBatch(batch, mode, len(fb.input_ids), both, done, logprobs)
+
+    def _process_launched(self, launched: LaunchedBatch, out: BatchTokenIDOut) -> None:
+        next_ids, bad_rows = launched.results()
+        self.process_batch_result(launched.reqs, launched.mode, next_ids, bad_rows, out, launched.logprobs)
+
+    def sync_inflight(self) -> BatchTokenIDOut:
+        """处理还在路上的那一批（重叠调度），不发射新的。Process the in-flight batch without launching another."""
+        out = BatchTokenIDOut()
+        if self.inflight is not None:
+            self._process_launched(self.inflight, out)
+            self.inflight = None
+        return out
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> List[StepOutput]:
         outs = []
@@ -395,6 +518,8 @@ class Scheduler:
             if loc is None:
                 raise RuntimeError("KV pool exhausted during prefill although the budget admitted the batch")
             self.req_to_token_pool.write(req.req_pool_idx, pre, loc)
+            req.last_loc = int(loc[-1])  # decode 接着这个槽位写 / decode continues after this slot
+            req.kv_len = seq  # 发射时就记下：这些 KV 已排进这一步 / counted at launch: queued in this step
             input_ids.extend(req.fill_ids[pre:])
             positions.extend(range(pre, seq))
             locs.append(loc)
@@ -417,9 +542,7 @@ class Scheduler:
             seq_lens_cpu=seq_lens,
             extend_prefix_lens=prefix_lens,
             extend_seq_lens=extend_lens,
-            # 每个请求的适配器（LoRAManager.prepare 据此分段）；没人用适配器时为 None。
-            # Each request's adapter (LoRAManager.prepare cuts segments from it); None when nobody uses one.
-            lora_ids=[r.lora_id for r in reqs] if any(r.lora_id is not None for r in reqs) else None,
+            lora_ids=_lora_ids(reqs),
         )
 
     # ======== decode ========
@@ -476,29 +599,39 @@ class Scheduler:
         req.prefix_indices = torch.empty(0, dtype=torch.int64)
 
     def _prepare_decode(self, reqs: List[Req]) -> ForwardBatch:
-        """每个请求一个新槽位，一次性分配、一次性写入 req_to_token（GPU 上每步只有几次拷贝）。
+        """每个请求一个新槽位，一次性分配、一次拷贝送上设备；输入 token 在设备上取，主机不同步。
 
-        One new slot per request, allocated and written for the whole batch at once: a few
-        copies per step instead of a loop of small GPU ops (this runs every decode step).
+        One new slot per request, allocated for the whole batch and moved to the device in one
+        copy. The input tokens are gathered on the device from last_token_ids, and the last slot of
+        each request is remembered on the host (Req.last_loc), so this never waits for the device:
+        the overlap scheduler depends on that.
         """
-        dev = self.model_runner.device
+        dev, bs = self.model_runner.device, len(reqs)
         kv_lens = [r.kv_len for r in reqs]
-        rows = to_device([r.req_pool_idx for r in reqs], torch.int64, dev)
-        cols = to_device(kv_lens, torch.int64, dev)
-        req_to_token = self.req_to_token_pool.req_to_token
-        if self.page_size == 1:
-            last_locs = [-1] * len(reqs)  # 每个 token 自成一页，不需要上一个槽位 / no page to continue
-        else:  # 一次 gather + 一次同步拿到每个请求的上一个槽位 / one gather, one sync
-            last_locs = req_to_token[rows, (cols - 1).clamp(min=0)].tolist()
+        seq_lens = [k + 1 for k in kv_lens]
+        # 页内还有空位的请求接着它的上一个槽位写（page_size 1 时每个 token 自成一页）。
+        # A request whose last page has room continues after its last slot (with page_size 1, never).
+        last_locs = [-1] * bs if self.page_size == 1 else [r.last_loc for r in reqs]
         alloc = self.token_to_kv_pool_allocator
-        locs = alloc.alloc_decode([k + 1 for k in kv_lens], last_locs)
+        locs = alloc.alloc_decode(seq_lens, last_locs)
         if locs is None:
             self.tree_cache.evict(self._decode_slots_needed(reqs))
-            locs = alloc.alloc_decode([k + 1 for k in kv_lens], last_locs)
+            locs = alloc.alloc_decode(seq_lens, last_locs)
         assert locs is not None, "update_running_batch guarantees decode memory"
-        req_to_token[rows, cols] = to_device(locs, torch.int64, dev)
-        return self._make_forward_batch(ForwardMode.DECODE, reqs, [r.output_ids[-1] for r in reqs], kv_lens,
-                                        locs, kv_lens, [1] * len(reqs))
+        loc_list = locs.tolist()
+        for req, loc in zip(reqs, loc_list):
+            req.kv_len += 1  # 发射时就记下 / counted at launch
+            req.last_loc = loc
+        cols = to_device([[r.req_pool_idx for r in reqs], kv_lens, loc_list], torch.int64, dev)  # [3, bs]
+        rows, positions, out_cache_loc = cols[0], cols[1], cols[2]
+        self.req_to_token_pool.req_to_token[rows, positions] = out_cache_loc
+        return ForwardBatch(
+            forward_mode=ForwardMode.DECODE, batch_size=bs,
+            input_ids=self.last_token_ids[rows],  # [bs]：上一步采出的 token / the previous step's tokens
+            positions=positions, out_cache_loc=out_cache_loc, req_pool_indices=rows,
+            seq_lens=positions + 1, seq_lens_cpu=seq_lens, extend_prefix_lens=kv_lens, extend_seq_lens=[1] * bs,
+            lora_ids=_lora_ids(reqs),
+        )
 
     # ======== 结果 / Results ========
     def process_batch_result(self, batch: List[Req], mode: ForwardMode, next_ids: List[int],
@@ -510,13 +643,16 @@ class Scheduler:
         """
         now = time.perf_counter()
         for req, tok, bad, lp in zip(batch, next_ids, bad_rows, logprobs or [None] * len(batch)):
-            if mode.is_extend():
-                req.kv_len = len(req.fill_ids)
-                if req.is_chunked:  # 还有下一块：这一步的 logits 不用 / more chunks: logits unused
-                    self.tree_cache.cache_unfinished_req(req)
-                    continue
-            else:
-                req.kv_len += 1
+            # kv_len 在发射时已经加过（_prepare_extend / _prepare_decode）。kv_len was counted at launch.
+            if req.finished() or req.req_pool_idx is None:
+                # 重叠调度：它在这一批发射之后才结束、被中止或被 retraction；这个 token 丢掉，
+                # 它的槽位已随 cache_finished_req / release_req 处理。Overlap only: it ended, was
+                # aborted or retracted after this batch was launched; the token is dropped, and its
+                # slot went with cache_finished_req / release_req.
+                continue
+            if mode.is_extend() and req.is_chunked:  # 还有下一块：这一步的 logits 不用 / more chunks: unused
+                self.tree_cache.cache_unfinished_req(req)
+                continue
             if bad:
                 req.finished_reason = FINISH_ABORT("the model produced NaN/Inf logits")
                 new_ids = []
@@ -545,7 +681,7 @@ class Scheduler:
     # ======== 管理 / Maintenance ========
     def flush_cache(self) -> bool:
         """清空前缀缓存（只在空闲时）。Drop the prefix cache (only when idle)."""
-        if self.waiting_queue or self.running_reqs or self.chunked_req or self.grammar_queue:
+        if self.waiting_queue or self.running_reqs or self.chunked_req or self.grammar_queue or self.inflight:
             return False
         if self.grammar_backend is not None:
             self.grammar_backend.reset()  # 编译好的语法也一并丢掉（同 SGLang）/ compiled grammars too, as SGLang
