@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=1000)
     ap.add_argument("--disable-cuda-graph", action="store_true")
+    ap.add_argument("--disable-overlap-schedule", action="store_true", help="关闭重叠调度（对照）/ the serialized scheduler, for comparison")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -28,11 +29,12 @@ def main() -> None:
         a.decode_tokens, a.prompt_len = 16, 100
     from minisgl import Engine
 
-    engine = Engine(a.model_path, disable_cuda_graph=a.disable_cuda_graph)
+    engine = Engine(a.model_path, disable_cuda_graph=a.disable_cuda_graph, disable_overlap_schedule=a.disable_overlap_schedule)
     vocab = engine.model_config.vocab_size
     rng = random.Random(0)
     sync = torch.cuda.synchronize if engine.server_args.device == "cuda" else (lambda: None)
-    res = {"device": torch.cuda.get_device_name() if engine.server_args.device == "cuda" else "cpu"}
+    res = {"device": torch.cuda.get_device_name() if engine.server_args.device == "cuda" else "cpu",
+           "overlap_schedule": engine.server_args.enable_overlap_schedule}
     engine.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 8})  # 热身 / warm-up
 
     # ======== TTFT：1,000 token 的 prompt，只生成 1 个 token / one token after a 1,000-token prompt ========

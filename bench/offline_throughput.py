@@ -63,7 +63,8 @@ def run_minisgl(args, prompts, outs) -> dict:
     from minisgl import Engine
     from minisgl.mem_cache.memory_pool import TokenToKVPool
 
-    kw = dict(page_size=args.page_size, disable_cuda_graph=args.disable_cuda_graph)
+    kw = dict(page_size=args.page_size, disable_cuda_graph=args.disable_cuda_graph,
+              disable_overlap_schedule=args.disable_overlap_schedule)
     if args.attention_backend:
         kw["attention_backend"] = args.attention_backend
     if args.mem_fraction_static:
@@ -88,11 +89,12 @@ def run_minisgl(args, prompts, outs) -> dict:
     kv_bpt = TokenToKVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
                                            engine.scheduler.model_runner.dtype)
     stats = engine.scheduler.get_stats()
+    overlap = engine.server_args.enable_overlap_schedule
     engine.shutdown()
     del engine
     gc.collect()
     return {"elapsed_s": elapsed, "load_s": load_s, "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_bpt,
-            "forward_steps": stats["forward_ct"], "retractions": stats["num_retractions"]}
+            "forward_steps": stats["forward_ct"], "retractions": stats["num_retractions"], "overlap_schedule": overlap}
 
 
 def run_hf(args, prompts, outs) -> dict:
@@ -139,6 +141,7 @@ def main() -> None:
     ap.add_argument("--page-size", type=int, default=1)
     ap.add_argument("--attention-backend", choices=["torch", "triton"])
     ap.add_argument("--disable-cuda-graph", action="store_true")
+    ap.add_argument("--disable-overlap-schedule", action="store_true", help="关闭重叠调度（对照）/ the serialized scheduler, for comparison")
     ap.add_argument("--mem-fraction-static", type=float)
     ap.add_argument("--max-running-requests", type=int)
     ap.add_argument("--hf", action="store_true", help="同一进程里也跑 HF transformers / also run HF transformers")
@@ -169,6 +172,7 @@ def main() -> None:
         "minisgl_output_tok_s": round(n_out / m["elapsed_s"], 1),
         "minisgl_total_tok_s": round((n_in + n_out) / m["elapsed_s"], 1),
         "forward_steps": m["forward_steps"], "retractions": m["retractions"],
+        "overlap_schedule": m["overlap_schedule"],
         "copy_bandwidth_GBps": round(bw / 1e9, 1),
         "lower_bound_GB": {k: round(v / 1e9, 2) for k, v in lb.items()},
         "roofline_fraction": round(lb["total"] / bw / m["elapsed_s"], 3) if bw == bw else None,
