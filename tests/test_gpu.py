@@ -64,9 +64,9 @@ def test_bf16_logits_and_greedy_agreement():
         def __init__(self, inner):
             self.inner, self.logits = inner, []
 
-        def __call__(self, logits, reqs):
+        def sample(self, logits, reqs):  # 调度器调用的是 sample() / the scheduler calls sample()
             self.logits.append(logits.float().clone())
-            return self.inner(logits, reqs)
+            return self.inner.sample(logits, reqs)
 
     sched = engine.scheduler
     sched.sampler = spy = Spy(sched.sampler)
