@@ -16,6 +16,7 @@
 #   copy_bandwidth()        y.copy_(x)，2 GiB，字节 = 读 + 写 / bytes = read + write
 #   bench_decode()          bs × seq 网格 → triton decode (auto splits) vs gather + SDPA
 #   bench_splits()          小批量 (bs 1/8/32) 时 split 数的作用 / split-KV at small batch
+#   bench_shared_prefix()   16 组 × 16 个请求共用前缀：L2 复用了多少 / how much L2 reuse a shared prefix gets
 #   bench_extend()          1k 新 token，前缀 0 / 1k → triton extend vs SDPA (dense, 不分页)
 #   --tune                  扫 BLOCK / num_warps / num_stages / splits，打印最好的配置
 #
@@ -166,6 +167,46 @@ def bench_decode(copy_gbs: float, rows: list):
         torch.cuda.empty_cache()
 
 
+def shared_prefix_indices(groups: int, per_group: int, prefix: int, suffix: int, interleave: bool) -> torch.Tensor:
+    """每组 per_group 个请求共用同一段前缀槽位（像 radix 缓存命中），后缀各自独有。
+
+    Each group's requests point at the same prefix slots (as after a radix-cache hit); the
+    suffixes are their own. interleave=False keeps a group's requests adjacent in the batch.
+    """
+    prefix_slots = paged_indices(groups, prefix).view(groups, prefix)
+    own = paged_indices(groups * per_group, suffix).view(groups * per_group, suffix) + groups * prefix + PAGE
+    rows = []
+    for i in range(groups * per_group):
+        g = i % groups if interleave else i // per_group
+        rows.append(torch.cat([prefix_slots[g], own[i]]))
+    return torch.stack(rows).reshape(-1).to(torch.int32)
+
+
+def bench_shared_prefix(copy_gbs: float, rows: list):
+    """共享前缀的 decode：同一批里 16 个请求读同一段 KV，能从 L2 里复用多少？
+
+    Shared-prefix decode: how much does the L2 cache give back when 16 requests of a batch read
+    the same prefix KV? GB/s counts every request's full KV, as if nothing were shared.
+    """
+    groups, per_group, prefix, suffix = 16, 16, 2048, 256
+    bs, seq = groups * per_group, prefix + suffix
+    print(f"\n## shared-prefix decode  ({groups} groups x {per_group} requests, prefix {prefix} + own {suffix}, "
+          f"GB/s as if unshared)")
+    base = make_decode(bs, seq)
+    q, k_buf, v_buf, kv_indptr, _, seq_lens = base
+    pool = max(k_buf.shape[0], groups * prefix + bs * suffix + 2 * PAGE)
+    k_buf = torch.randn(pool, HKV, D, dtype=DTYPE, device="cuda")
+    v_buf = torch.randn(pool, HKV, D, dtype=DTYPE, device="cuda")
+    layouts = {"unshared": base[4], "shared, groups adjacent": shared_prefix_indices(groups, per_group, prefix, suffix, False),
+               "shared, groups interleaved": shared_prefix_indices(groups, per_group, prefix, suffix, True)}
+    for name, idx in layouts.items():
+        fn, _, ns = run_decode((q, k_buf, v_buf, kv_indptr, idx, seq_lens))
+        ms = bench_ms(fn)
+        gbs = decode_bytes(bs, seq) / ms / 1e6
+        print(f"  {name:28s} {ms:8.4f} ms {gbs:8.0f} GB/s ({100 * gbs / copy_gbs:5.1f}% of copy)  splits {int(ns[0])}")
+        rows.append(dict(kind="shared_prefix", layout=name, bs=bs, seq=seq, ms=ms, gbs=gbs))
+
+
 # ======== extend ========
 
 
@@ -308,16 +349,24 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tune", action="store_true", help="also sweep block sizes / warps / stages / splits")
     ap.add_argument("--json", default=None, help="write all numbers to this file")
+    ap.add_argument("--sections", default="decode,splits,extend,shared",
+                    help="逗号分隔 / comma-separated: decode, splits, extend, shared")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     copy_gbs = copy_bandwidth()
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s (read + write)")
     rows = [dict(kind="copy", gbs=copy_gbs)]
-    bench_decode(copy_gbs, rows)
-    bench_splits(copy_gbs, rows)
-    bench_extend(rows)
+    if "decode" in sections:
+        bench_decode(copy_gbs, rows)
+    if "splits" in sections:
+        bench_splits(copy_gbs, rows)
+    if "shared" in sections:
+        bench_shared_prefix(copy_gbs, rows)
+    if "extend" in sections:
+        bench_extend(rows)
     if args.tune:
         tune(rows)
     if args.json:

@@ -204,3 +204,14 @@ def test_dp2_spreads_and_prefix_aware_beats_round_robin():
     # 轮询：每组的 4 个请求分到两个副本，各算一次前缀；前缀感知：只算一次。
     # Round-robin computes each group's prefix on both replicas; prefix-aware computes it once.
     assert pa_rate > rr_rate + 0.1, (pa_rate, rr_rate)
+
+
+def test_tp2_overlap_scheduler_equals_tp1(checkpoints):
+    """重叠调度下两个 rank 仍一步不差：tp=2 + overlap 与 tp=1（普通调度）逐 token 相同。
+
+    Under the overlap scheduler both ranks stay in step: tp=2 with overlap equals tp=1 without.
+    """
+    prompts = _prompts(4, seed=5)
+    kw = dict(page_size=16, chunked_prefill_size=32)
+    two = _run_tp(checkpoints["qwen3-kv-split"], 2, prompts, 16, enable_overlap_schedule=True, **kw)
+    assert two["outputs"] == _run_tp(checkpoints["qwen3-kv-split"], 1, prompts, 16, **kw)["outputs"]
