@@ -219,3 +219,36 @@ def test_flags():
     ServerArgs.add_cli_args(parser)
     ns = parser.parse_args(["--disable-overlap-schedule"])
     assert ns.disable_overlap_schedule is True and ns.enable_overlap_schedule is False
+
+
+def test_host_copy_of_req_to_token_stays_equal(checkpoint):
+    """前缀缓存读主机上的 req_to_token_cpu（GPU 上它与设备表是两份）；每一步两份都必须相同。
+
+    The prefix cache reads the host copy req_to_token_cpu (a separate tensor on GPU machines). Make
+    it separate here too, run chunked prefill, pages, prefix hits and overlap, and compare the two
+    copies on every row in use after every step; the tokens must not change either.
+    """
+    kw = dict(page_size=4, chunked_prefill_size=16)
+    ref = _scheduler(checkpoint, overlap=False, **kw)
+    sched = _scheduler(checkpoint, **kw)
+    pool = sched.req_to_token_pool
+    pool.req_to_token_cpu = pool.req_to_token.clone()  # 像 GPU 上一样是两份 / two copies, as on a GPU
+    shared = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
+    for s in (ref, sched):
+        for i in range(4):
+            _add(s, f"r{i}", shared * 2 + [30 + i] * (i + 1), max_new_tokens=10, ignore_eos=True)
+    expected = {}
+    for step in ref.run_until_idle():
+        for rid, ids in zip(step.out.rids, step.out.output_ids):
+            expected.setdefault(rid, []).extend(ids)
+    got, checked = {}, 0
+    while sched.has_work():
+        step = sched.step()
+        for rid, ids in zip(step.out.rids, step.out.output_ids):
+            got.setdefault(rid, []).extend(ids)
+        for req in sched.running_reqs:
+            assert pool.req_to_token_cpu[req.req_pool_idx, : req.kv_len].tolist() == \
+                pool.req_to_token[req.req_pool_idx, : req.kv_len].tolist()
+            checked += 1
+    assert checked > 0 and got == expected
+    sched.check_pool_whole()

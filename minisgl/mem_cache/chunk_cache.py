@@ -59,8 +59,7 @@ class ChunkCache:
         self.cache_finished_req(req)
 
     def cache_finished_req(self, req) -> None:
-        kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len]
-        self.token_to_kv_pool_allocator.free(kv_indices.clone())
+        self.token_to_kv_pool_allocator.free(self.req_to_token_pool.read(req.req_pool_idx, 0, req.kv_len))
         self.req_to_token_pool.free(req.req_pool_idx)
         req.req_pool_idx, req.last_node = None, None
 
@@ -68,7 +67,7 @@ class ChunkCache:
         # 下一块从这里接着算；页对齐让下一块的槽位分配规则与 RadixCache 一致。
         # The next chunk continues from here; page alignment keeps slot allocation as with RadixCache.
         aligned = req.kv_len // self.page_size * self.page_size
-        req.prefix_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, :aligned].clone()
+        req.prefix_indices = self.req_to_token_pool.read(req.req_pool_idx, 0, aligned)
 
     def inc_lock_ref(self, node) -> None:
         pass

@@ -18,6 +18,7 @@
 #
 # 【核心架构】Architecture
 #   ReqToTokenPool.req_to_token  [max_reqs, max_context_len] int64
+#     └─ req_to_token_cpu：主机上的同一张表，前缀缓存读它，不必等 GPU / the host copy the prefix cache reads
 #        │  row = req_pool_idx, col = position  →  value = KV slot
 #        ▼
 #   TokenToKVPool.k_buffer[layer] [num_slots, num_kv_heads, head_dim]   (v_buffer 相同 / same)
@@ -71,6 +72,12 @@ class ReqToTokenPool:
         self.device = device
         # [size, max_context_len]: req_to_token[r, j] = KV slot of token j of the request in row r
         self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int64, device=device)
+        # 主机上的同一张表：前缀缓存读它，读设备上的那张要等 GPU 算完（重叠调度里是一次同步）。
+        # 槽位本来就是主机上的分配器给的，所以两份总是一样。CPU 上两者是同一个张量。
+        # The same table on the host: the prefix cache reads this one, because reading the device
+        # copy waits for the GPU (a sync in the overlap scheduler). Slots come from the host-side
+        # allocator anyway, so the two always agree. On CPU both names are one tensor.
+        self.req_to_token_cpu = self.req_to_token if str(device) == "cpu" else torch.zeros_like(self.req_to_token, device="cpu")
         self.clear()
 
     def available_size(self) -> int:
@@ -86,10 +93,24 @@ class ReqToTokenPool:
         self.free_slots.append(idx)
 
     def write(self, idx: int, start: int, values: torch.Tensor) -> None:
-        """把一段槽位写进第 idx 行。Write slots into row idx starting at column start."""
+        """把一段槽位写进第 idx 行（两份表都写）。Write slots into row idx from column start (both copies)."""
         from minisgl.utils import to_device
 
-        self.req_to_token[idx, start : start + len(values)] = to_device(values, torch.int64, self.req_to_token.device)
+        end = start + len(values)
+        if self.req_to_token_cpu is not self.req_to_token:
+            self.req_to_token_cpu[idx, start:end] = torch.as_tensor(values, dtype=torch.int64)
+        self.req_to_token[idx, start:end] = to_device(values, torch.int64, self.req_to_token.device)
+
+    def write_decode(self, rows: List[int], cols: List[int], locs: List[int], rows_dev: torch.Tensor,
+                     cols_dev: torch.Tensor, locs_dev: torch.Tensor) -> None:
+        """decode：每行写一个槽位（设备上一次 index_put，主机上一次）。One slot per row, for decode."""
+        self.req_to_token[rows_dev, cols_dev] = locs_dev
+        if self.req_to_token_cpu is not self.req_to_token:
+            self.req_to_token_cpu[rows, cols] = torch.tensor(locs, dtype=torch.int64)
+
+    def read(self, idx: int, start: int, end: int) -> torch.Tensor:
+        """第 idx 行 [start, end) 的槽位，主机上的一份拷贝（不等 GPU）。Slots of row idx, a host copy."""
+        return self.req_to_token_cpu[idx, start:end].clone()
 
     def clear(self) -> None:
         self.free_slots = list(range(1, self.size))

@@ -272,7 +272,7 @@ class RadixCache:
         give back its req_to_token row. The first req.kv_len of req.token_ids have KV.
         """
         token_ids = req.token_ids[: req.kv_len]
-        kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len].clone()
+        kv_indices = self.req_to_token_pool.read(req.req_pool_idx, 0, req.kv_len)
         aligned = len(token_ids) // self.page_size * self.page_size
         ns = getattr(req, "lora_id", None)  # 适配器的命名空间 / the adapter's namespace
         new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned], namespace=ns)
@@ -291,7 +291,7 @@ class RadixCache:
         requests can share this prefix while it is still decoding.
         """
         token_ids = req.token_ids[: req.kv_len]
-        kv_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len].clone()
+        kv_indices = self.req_to_token_pool.read(req.req_pool_idx, 0, req.kv_len)
         aligned = len(token_ids) // self.page_size * self.page_size
         ns = getattr(req, "lora_id", None)
         new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned], namespace=ns)
@@ -309,8 +309,8 @@ class RadixCache:
         Discard a request's own KV without caching it (retraction): the prefix belongs to the
         tree and is only unlocked; the rest is freed.
         """
-        own = self.req_to_token_pool.req_to_token[req.req_pool_idx, len(req.prefix_indices) : req.kv_len]
-        self.token_to_kv_pool_allocator.free(own.clone())
+        own = self.req_to_token_pool.read(req.req_pool_idx, len(req.prefix_indices), req.kv_len)
+        self.token_to_kv_pool_allocator.free(own)
         self.req_to_token_pool.free(req.req_pool_idx)
         self.dec_lock_ref(req.last_node)
         req.req_pool_idx, req.last_node = None, None

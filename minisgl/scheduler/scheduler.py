@@ -622,9 +622,10 @@ class Scheduler:
         for req, loc in zip(reqs, loc_list):
             req.kv_len += 1  # 发射时就记下 / counted at launch
             req.last_loc = loc
-        cols = to_device([[r.req_pool_idx for r in reqs], kv_lens, loc_list], torch.int64, dev)  # [3, bs]
+        row_list = [r.req_pool_idx for r in reqs]
+        cols = to_device([row_list, kv_lens, loc_list], torch.int64, dev)  # [3, bs]：一次拷贝 / one copy
         rows, positions, out_cache_loc = cols[0], cols[1], cols[2]
-        self.req_to_token_pool.req_to_token[rows, positions] = out_cache_loc
+        self.req_to_token_pool.write_decode(row_list, kv_lens, loc_list, rows, positions, out_cache_loc)
         return ForwardBatch(
             forward_mode=ForwardMode.DECODE, batch_size=bs,
             input_ids=self.last_token_ids[rows],  # [bs]：上一步采出的 token / the previous step's tokens
