@@ -18,7 +18,6 @@
 #
 # 【核心架构】Architecture
 #   ReqToTokenPool.req_to_token  [max_reqs, max_context_len] int64
-#     └─ req_to_token_cpu：主机上的同一张表，前缀缓存读它，不必等 GPU / the host copy the prefix cache reads
 #        │  row = req_pool_idx, col = position  →  value = KV slot
 #        ▼
 #   TokenToKVPool.k_buffer[layer] [num_slots, num_kv_heads, head_dim]   (v_buffer 相同 / same)
@@ -34,6 +33,8 @@
 #      When a request ends, the radix cache keeps what can be shared; the rest is freed by page.
 #
 # 【关键概念】Key Concepts
+#   - req_to_token 在主机上还有一份（req_to_token_cpu）：前缀缓存读它，不用等 GPU 算完（重叠调度，第 06 章）。
+#     A host copy of req_to_token (req_to_token_cpu) is what the prefix cache reads: no wait for the GPU.
 #   - 槽位 0（page_size>1 时是第 0 页）是哑槽位：padding 的 token 把 K/V 写到这里，从不分配。
 #     Slot 0 (page 0 when page_size > 1) is the dummy: padded tokens write there; never allocated.
 #   - page_size = 1 时 token 级分配；page_size > 1 时一个页只属于一个请求（或 radix 树的一个节点），
