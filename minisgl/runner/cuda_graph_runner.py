@@ -23,9 +23,11 @@
 #   graphs[bs_padded].replay() ──► logits_buffer[:bs_padded] ──► 取前 bs 行 / take the first bs rows
 #
 # 【工作流程】Workflow
-#   1. capture()：从大到小，对每个 bs 先热身两次再录制（共享一个显存池）。
+#   1. capture()：从大到小，对每个 bs 先热身两次再录制（共享一个显存池）；注意力元数据的计算也录进图。
+#      Largest first, two warm-ups, then capture; the attention-metadata kernels are captured too.
 #   2. can_run(bs)：bs ≤ 最大录制大小。
-#   3. replay(fb)：拷贝输入 → padding 行指向哑槽位/哑行 → 算注意力元数据（写进固定缓冲区）→ 回放。
+#   3. replay(fb)：拷贝输入 → padding 行指向哑槽位/哑行 → 回放（图里先算元数据，再前向）。
+#      Copy the inputs, point padded rows at the dummy slot/row, replay (metadata, then the forward).
 #
 # 【关键概念】Key Concepts
 #   - 填充行：out_cache_loc = 0（哑槽位）、req_pool_indices = 哑行（其 req_to_token 全 0）、seq_len = 1，
@@ -91,14 +93,18 @@ class CudaGraphRunner:
         stream = torch.cuda.Stream()
         for bs in reversed(self.batch_sizes):  # 大的先录，小的复用它的显存池 / largest first, reuse its pool
             fb = self._static_batch(bs)
-            self.mr.attn_backend.init_forward_metadata(fb)
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):  # 热身：触发 Triton 编译与 cuBLAS 初始化 / warm-up
+                    self.mr.attn_backend.init_forward_metadata(fb)
                     model.compute_logits(model(fb.input_ids, fb.positions, fb))
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                # 元数据（kv_indptr、kv_indices、段数）只依赖固定缓冲区，一起录进图：回放时省下十来次 kernel 启动。
+                # The metadata (kv_indptr, kv_indices, splits) reads only the fixed buffers, so it is
+                # captured too: a replay saves a dozen kernel launches of host time.
+                self.mr.attn_backend.init_forward_metadata(fb)
                 out = model.compute_logits(model(fb.input_ids, fb.positions, fb))
             self.pool = self.pool or graph.pool()
             self.graphs[bs], self.outputs[bs] = graph, out
@@ -121,7 +127,6 @@ class CudaGraphRunner:
             self.out_cache_loc[bs:padded].zero_()
             self.req_pool_indices[bs:padded].fill_(self.mr.dummy_req_idx)
             self.seq_lens[bs:padded].fill_(1)
-        # ======== 第2步：元数据写进固定缓冲区，然后回放 / Step 2: metadata into fixed buffers, replay ========
-        self.mr.attn_backend.init_forward_metadata(self._static_batch(padded))
+        # ======== 第2步：回放（元数据在图里算）/ Step 2: replay (the graph computes the metadata) ========
         self.graphs[padded].replay()
         return self.outputs[padded][:bs]
