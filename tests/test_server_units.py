@@ -187,3 +187,22 @@ def test_tokenizer_manager_disconnect_aborts_and_dead_backend_fails(engine, tmp_
         to_tm.close(linger=0)
         ctx.term()
         ipc.cleanup()
+
+
+def test_sse_event_survives_python_line_splitting():
+    """生成的文字里可能有 U+2028、U+2029、NEL：httpx / OpenAI 客户端按 splitlines 切行，事件不能被切开。
+
+    Generated text can hold U+2028, U+2029 or NEL (a random model emits any byte). httpx and the
+    OpenAI client split SSE lines with str.splitlines semantics, so these must be escaped, or one
+    event arrives as two broken lines (the soak test's rare JSONDecodeError).
+    """
+    import json
+
+    from httpx._decoders import LineDecoder
+
+    from minisgl.server.openai_api import sse
+
+    text = "床前\u2028明月\x85光\u2029，\x1c\x0b 🙂"
+    lines = [line for line in LineDecoder().decode(sse({"text": text})) if line]
+    assert len(lines) == 1 and lines[0].startswith("data: ")
+    assert json.loads(lines[0][len("data: "):]) == {"text": text}

@@ -84,8 +84,16 @@ def error_response(message: str, status_code: int):
     return JSONResponse(error_body(message, status_code), status_code=status_code)
 
 
+# json.dumps(ensure_ascii=False) 不转义这三个字符，但 Python 的 splitlines（httpx 与 OpenAI 客户端的
+# aiter_lines 用它）把它们当换行：一个事件会被切成两半。转义之后仍是同样的 JSON。
+# json.dumps(ensure_ascii=False) leaves these three unescaped, yet Python's splitlines (behind the
+# aiter_lines of httpx and the OpenAI client) breaks lines at them, cutting an event in two.
+# Escaped, it is the same JSON.
+_LINE_BREAKERS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKERS)}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"
