@@ -65,18 +65,21 @@ async def _gather_generate(url: str, bodies, stream: bool):
 
 
 # ======== 过载 / Overload ========
-def test_overload_queues_retracts_and_loses_nothing(checkpoint, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True], ids=["normal", "overlap"])
+def test_overload_queues_retracts_and_loses_nothing(checkpoint, tmp_path, overlap):
     """24 个请求 > 6 个运行位，KV 池（256 token）装不下所有请求的输出：排队 + retraction，文本与单独跑一样。
 
     24 requests > 6 running slots, and a 256-token KV pool that cannot hold them all: requests
-    queue, retraction happens, and every text equals the same request run alone.
+    queue, retraction happens, and every text equals the same request run alone — with the normal
+    scheduler and with the overlap scheduler (GPU's default, forced here on CPU).
     """
     path = checkpoint("qwen3")
     with Engine(path) as alone:
         expected = [alone.generate(p, LONG)["output_ids"] for p in PROMPTS]
     # 激进接纳（conservativeness 0.05）+ 小池：decode 途中必然内存不足。Eager admission + a small pool.
     s = ServerProc(path, tmp_path, "--max-running-requests", "6", "--max-total-tokens", "256",
-                   "--schedule-conservativeness", "0.05", "--chunked-prefill-size", "64").wait_ready()
+                   "--schedule-conservativeness", "0.05", "--chunked-prefill-size", "64",
+                   *(["--enable-overlap-schedule"] if overlap else [])).wait_ready()
     try:
         results = asyncio.run(_gather_generate(s.url, [{"text": p, "sampling_params": LONG} for p in PROMPTS], False))
         for (status, body), want in zip(results, expected):
@@ -85,6 +88,7 @@ def test_overload_queues_retracts_and_loses_nothing(checkpoint, tmp_path):
             assert body["output_ids"] == want
         stats = httpx.get(s.url + "/get_server_info", timeout=30).json()
         assert stats["num_retractions"] > 0, "the pool was meant to be too small: no retraction happened"
+        assert stats["server_args"]["enable_overlap_schedule"] is overlap
         assert_pool_whole(s.url)
     finally:
         s.stop()
