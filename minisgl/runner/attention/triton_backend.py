@@ -107,7 +107,7 @@ class TritonAttnBackend:
 
     def _fill_indices(self, req_pool_indices, lens, kv_indptr, kv_indices) -> None:
         bs = len(req_pool_indices)
-        kv_indptr[0] = 0
+        kv_indptr[:1].zero_()  # 不用 [0] = 0：那是一次主机→设备拷贝，CUDA graph 录不进 / no host copy (graph-safe)
         torch.cumsum(lens, dim=0, out=kv_indptr[1 : bs + 1])
         create_kv_indices_kernel[(bs,)](
             self.req_to_token, req_pool_indices, lens, kv_indptr, kv_indices,
