@@ -24,7 +24,7 @@ PROMPTS = ["床前明月光，", "Shall I compare thee", "推理引擎把请求�
 def engines():
     # 自带的小模型是训练过的：会出 EOS、会重复，惩罚真的改变输出。The bundled model is trained: it ends
     # with EOS and repeats itself, so penalties really change its output.
-    normal, overlap = Engine(), Engine(enable_overlap_schedule=True)
+    normal, overlap = Engine(disable_overlap_schedule=True), Engine(enable_overlap_schedule=True)
     assert not normal.scheduler.enable_overlap and overlap.scheduler.enable_overlap
     yield normal, overlap
     for e in (normal, overlap):
@@ -114,7 +114,9 @@ def test_structured_output(engines):
 def _scheduler(checkpoint, overlap=True, **kw):
     from minisgl.scheduler.scheduler import Scheduler
 
-    return Scheduler(ServerArgs(model_path=checkpoint("qwen3"), enable_overlap_schedule=overlap, **kw).resolve())
+    # 明确指定两种调度（GPU 上缺省是重叠）。Both explicit: on a GPU the default is overlap.
+    flags = {"enable_overlap_schedule": True} if overlap else {"disable_overlap_schedule": True}
+    return Scheduler(ServerArgs(model_path=checkpoint("qwen3"), **flags, **kw).resolve())
 
 
 def _add(sched, rid, ids, **params):
@@ -232,7 +234,8 @@ def test_host_copy_of_req_to_token_stays_equal(checkpoint):
     ref = _scheduler(checkpoint, overlap=False, **kw)
     sched = _scheduler(checkpoint, **kw)
     pool = sched.req_to_token_pool
-    pool.req_to_token_cpu = pool.req_to_token.clone()  # 像 GPU 上一样是两份 / two copies, as on a GPU
+    if pool.req_to_token_cpu is pool.req_to_token:
+        pool.req_to_token_cpu = pool.req_to_token.clone()  # 像 GPU 上一样是两份 / two copies, as on a GPU
     shared = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
     for s in (ref, sched):
         for i in range(4):
@@ -248,7 +251,7 @@ def test_host_copy_of_req_to_token_stays_equal(checkpoint):
             got.setdefault(rid, []).extend(ids)
         for req in sched.running_reqs:
             assert pool.req_to_token_cpu[req.req_pool_idx, : req.kv_len].tolist() == \
-                pool.req_to_token[req.req_pool_idx, : req.kv_len].tolist()
+                pool.req_to_token[req.req_pool_idx, : req.kv_len].cpu().tolist()
             checked += 1
     assert checked > 0 and got == expected
     sched.check_pool_whole()

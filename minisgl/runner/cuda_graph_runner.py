@@ -43,6 +43,7 @@
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 from typing import Dict, List
 
@@ -89,6 +90,22 @@ class CudaGraphRunner:
 
     @torch.inference_mode()
     def capture(self) -> None:
+        # 录制期间别让垃圾回收插进来：回收掉的旧对象（例如上一个引擎的 CUDA graph）在析构时调用的
+        # CUDA API 会让正在录制的图作废。先收一遍，录制时关掉（同 SGLang 的 freeze_gc）。
+        # Keep the garbage collector out of the capture: an old object collected mid-capture (say, a
+        # previous engine's CUDA graph) calls CUDA APIs in its destructor and invalidates the capture.
+        # Collect first, then pause it while capturing (as SGLang's freeze_gc does).
+        gc.collect()
+        torch.cuda.synchronize()
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._capture_all()
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _capture_all(self) -> None:
         model = self.mr.model
         stream = torch.cuda.Stream()
         for bs in reversed(self.batch_sizes):  # 大的先录，小的复用它的显存池 / largest first, reuse its pool
