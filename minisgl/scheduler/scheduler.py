@@ -356,12 +356,10 @@ class Scheduler:
         self._process_aborts(out)
         self.move_ready_grammar_requests(out)
         batch, mode, retracted = self._schedule(out)
-        if not batch:
-            return StepOutput(None, out=out, retracted=retracted, duration_s=time.perf_counter() - t0)
-        launched = self.run_batch(batch, mode)
-        self._process_launched(launched, out)
-        return StepOutput(mode, [r.rid for r in batch], launched.num_tokens, out, retracted,
-                          time.perf_counter() - t0)
+        launched = self.run_batch(batch, mode) if batch else None
+        if launched is not None:
+            self._process_launched(launched, out)
+        return self._step_output(launched, out, retracted, t0)
 
     def _step_overlap(self) -> StepOutput:
         """重叠调度：先发射下一批，再处理上一批；CPU 的活藏在 GPU 的计算后面。
@@ -378,8 +376,7 @@ class Scheduler:
         out, self._pending_out = self._pending_out, BatchTokenIDOut()
         if self.inflight is not None and (self.inflight.mode.is_extend()
                                           or any(needs_last_token(r) for r in self.inflight.reqs)):
-            self._process_launched(self.inflight, out)
-            self.inflight = None
+            self.sync_inflight(out)
         self._process_aborts(out)
         self.move_ready_grammar_requests(out)
         batch, mode, retracted = self._schedule(out)
@@ -388,12 +385,16 @@ class Scheduler:
             # A request whose in-flight token is its last (max_new_tokens) surely ends: no step for it.
             batch = [r for r in batch if len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
         launched = self.run_batch(batch, mode) if batch else None
-        if self.inflight is not None:
-            self._process_launched(self.inflight, out)
+        self.sync_inflight(out)  # 设备已在算 launched；现在处理上一批 / the device runs `launched`; process N now
         self.inflight = launched
+        return self._step_output(launched, out, retracted, t0)
+
+    @staticmethod
+    def _step_output(launched: Optional["LaunchedBatch"], out: BatchTokenIDOut, retracted: List[str],
+                     t0: float) -> StepOutput:
         if launched is None:
             return StepOutput(None, out=out, retracted=retracted, duration_s=time.perf_counter() - t0)
-        return StepOutput(mode, [r.rid for r in batch], launched.num_tokens, out, retracted,
+        return StepOutput(launched.mode, [r.rid for r in launched.reqs], launched.num_tokens, out, retracted,
                           time.perf_counter() - t0)
 
     def _schedule(self, out: BatchTokenIDOut) -> Tuple[Optional[List[Req]], ForwardMode, List[str]]:
@@ -436,12 +437,15 @@ class Scheduler:
         next_ids, bad_rows = launched.results()
         self.process_batch_result(launched.reqs, launched.mode, next_ids, bad_rows, out, launched.logprobs)
 
-    def sync_inflight(self) -> BatchTokenIDOut:
-        """处理还在路上的那一批（重叠调度），不发射新的。Process the in-flight batch without launching another."""
-        out = BatchTokenIDOut()
+    def sync_inflight(self, out: Optional[BatchTokenIDOut] = None) -> BatchTokenIDOut:
+        """处理还在路上的那一批（重叠调度），不发射新的。Process the in-flight batch without launching another.
+
+        Its tokens go into `out` (a new BatchTokenIDOut when None), which is returned.
+        """
+        out = BatchTokenIDOut() if out is None else out
         if self.inflight is not None:
-            self._process_launched(self.inflight, out)
-            self.inflight = None
+            launched, self.inflight = self.inflight, None
+            self._process_launched(launched, out)
         return out
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> List[StepOutput]:
