@@ -79,10 +79,15 @@ def run_minisgl(args, prompts, outs) -> dict:
     engine.flush_cache()
     sync = torch.cuda.synchronize if engine.server_args.device == "cuda" else (lambda: None)
     sync()
+    if args.torch_sampler:
+        engine.scheduler.sampler.use_fused = False  # 对照：torch 采样路径 / A/B: the torch sampling path
+    steps = _record_steps(engine.scheduler) if args.timeline else None
     t = time.perf_counter()
     results = engine.generate(input_ids=prompts, sampling_params=params)
     sync()
     elapsed = time.perf_counter() - t
+    if steps is not None:
+        steps.append((time.perf_counter(), "END", 0, 0))
     assert [len(r["output_ids"]) for r in results] == outs, "every request must produce exactly its output length"
     cfg = engine.model_config
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.scheduler.model_runner.model.parameters())
@@ -94,7 +99,42 @@ def run_minisgl(args, prompts, outs) -> dict:
     del engine
     gc.collect()
     return {"elapsed_s": elapsed, "load_s": load_s, "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_bpt,
-            "forward_steps": stats["forward_ct"], "retractions": stats["num_retractions"], "overlap_schedule": overlap}
+            "forward_steps": stats["forward_ct"], "retractions": stats["num_retractions"], "overlap_schedule": overlap,
+            "steps": steps}
+
+
+def _record_steps(scheduler) -> list:
+    """每次发射记一行 (时刻, 模式, batch 大小, 本批 KV token 数)。One row per launched batch.
+
+    With the overlap scheduler a launch happens right after the batch before the previous one is
+    done, so the gap between two rows is about the device time of one batch (attributed one batch
+    late: fine for totals). Rows are closed by a final row at the end of generate().
+    """
+    rows, run_batch = [], scheduler.run_batch
+
+    def wrapped(batch, mode):
+        launched = run_batch(batch, mode)
+        rows.append((time.perf_counter(), mode.name, len(batch), sum(r.kv_len for r in batch)))
+        return launched
+
+    scheduler.run_batch = wrapped
+    return rows
+
+
+def summarize_steps(rows: list, kv_bytes_per_token: int) -> dict:
+    """按模式、按 batch 大小分档汇总时间。Time per mode and per batch-size bucket; KV GB/s for decode."""
+    out: dict = {}
+    for (t0, mode, bs, kv), (t1, *_) in zip(rows, rows[1:]):
+        key = mode if mode != "DECODE" else f"DECODE bs {min(256, 32 * ((bs + 31) // 32)) - 31}-{min(256, 32 * ((bs + 31) // 32))}"
+        d = out.setdefault(key, {"steps": 0, "time_s": 0.0, "kv_GB": 0.0})
+        d["steps"] += 1
+        d["time_s"] += t1 - t0
+        d["kv_GB"] += kv * kv_bytes_per_token / 1e9
+    for d in out.values():
+        d["ms_per_step"] = round(1e3 * d["time_s"] / d["steps"], 3)
+        d["kv_GBps"] = round(d["kv_GB"] / d["time_s"], 1) if d["time_s"] else None
+        d["time_s"], d["kv_GB"] = round(d["time_s"], 3), round(d["kv_GB"], 2)
+    return dict(sorted(out.items()))
 
 
 def run_hf(args, prompts, outs) -> dict:
@@ -147,6 +187,10 @@ def main() -> None:
     ap.add_argument("--hf", action="store_true", help="同一进程里也跑 HF transformers / also run HF transformers")
     ap.add_argument("--hf-batch-size", type=int, help="HF 每批多少条（缺省全部）/ HF batch size (default: all)")
     ap.add_argument("--quick", action="store_true", help="CPU 冒烟测试的小规模 / tiny sizes for a CPU smoke test")
+    ap.add_argument("--torch-sampler", action="store_true",
+                    help="不用融合采样内核（对照）/ the torch sampler instead of the fused kernel, for comparison")
+    ap.add_argument("--timeline", action="store_true",
+                    help="按模式与 batch 大小汇总每步时间 / per-step time by mode and batch size")
     ap.add_argument("--json", help="把结果写成 JSON / write results as JSON")
     args = ap.parse_args()
     if args.quick:
@@ -177,6 +221,8 @@ def main() -> None:
         "lower_bound_GB": {k: round(v / 1e9, 2) for k, v in lb.items()},
         "roofline_fraction": round(lb["total"] / bw / m["elapsed_s"], 3) if bw == bw else None,
     }
+    if m["steps"]:
+        res["timeline"] = summarize_steps(m["steps"], m["kv_bytes_per_token"])
     if args.hf:
         h = run_hf(args, prompts, outs)
         res["hf_time_s"] = round(h["elapsed_s"], 3)

@@ -37,7 +37,10 @@ def main() -> None:
     ap.add_argument("--bs", type=int, nargs="+", default=[1, 256])
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=128)
-    ap.add_argument("--kernels", action="store_true", help="再用 torch.profiler 列出最耗时的 GPU kernel / list top GPU kernels")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="0 = 贪心；offline_throughput 用 0.6 / 0 is greedy; offline_throughput uses 0.6")
+    ap.add_argument("--kernels", action="store_true",
+                    help="再用 torch.profiler 列出 decode 步里最耗时的 GPU kernel / list the top GPU kernels of decode steps")
     a = ap.parse_args()
     from minisgl import Engine
 
@@ -48,7 +51,7 @@ def main() -> None:
     for bs in a.bs:
         vocab = min(10000, engine.model_config.vocab_size)
         prompts = [[rng.randrange(vocab) for _ in range(a.prompt_len)] for _ in range(bs)]
-        params = {"max_new_tokens": a.steps, "ignore_eos": True, "temperature": 0}
+        params = {"max_new_tokens": a.steps, "ignore_eos": True, "temperature": a.temperature}
         engine.generate(input_ids=prompts[:2], sampling_params={"max_new_tokens": 4})
         engine.flush_cache()
         # ======== 阶段计时 / per-phase timers ========
@@ -89,10 +92,14 @@ def main() -> None:
         if a.kernels and engine.server_args.device == "cuda":
             from torch.profiler import ProfilerActivity, profile
 
+            # 先把 prompt 放进前缀缓存，被测的那次 prefill 每个请求只算 1 个 token：表里几乎全是 decode。
+            # Cache the prompts first, so the profiled prefill is one token per request: decode-only tables.
+            engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 1})
+            sync()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
                 engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 32})
                 sync()
-            print(p.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+            print(p.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
             engine.flush_cache()
 
 

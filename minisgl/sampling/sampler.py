@@ -17,6 +17,8 @@
 # 【核心架构】Architecture
 #   Scheduler ──(logits [bs, V], reqs)──► Sampler.sample（结果留在设备上 / result stays on the device）
 #                                          │  （__call__ = sample + 拷回主机 / + the copy to the host）
+#                                          ├─ GPU 上的常见批次：sample_fused 一个内核完成（triton_sampler.py）
+#                                          │  common GPU batches: one fused kernel (triton_sampler.py)
 #                                          ├─ apply_grammar_mask            语法位掩码 / grammar bitmask
 #                                          ├─ SamplingBatchInfo.from_reqs   收集每行参数 / per-row knobs
 #                                          ├─ apply_penalties                重复惩罚 / penalties
@@ -39,6 +41,8 @@
 #     sample() never syncs the host: the overlap scheduler (chapter 06) relies on that.
 #   - 这是 CPU/GPU 通用的 torch 实现；需要截断时每步 O(bs·V·log V)（排序），否则不排序。
 #     Plain torch on any device; the sort (O(bs·V·log V)) runs only when a row truncates.
+#   - GPU 上没有惩罚/截断/语法/seed 的批次走融合内核（Gumbel-max，一遍读 logits，见 triton_sampler.py）。
+#     On the GPU, batches without penalties/truncation/grammar/seed take the fused Gumbel-max kernel.
 #
 # 【使用方式】Usage
 #   >>> sampler = Sampler()
@@ -55,6 +59,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from minisgl.sampling.sampling_params import SamplingParams
+from minisgl.sampling.triton_sampler import HAS_TRITON, sample_fused
 from minisgl.utils import to_device
 
 
@@ -166,8 +171,38 @@ def apply_grammar_mask(logits: torch.Tensor, reqs: Sequence) -> bool:
     return True
 
 
+def fused_temperatures(reqs: Sequence, vocab_size: int) -> Optional[List[float]]:
+    """这一批能走融合内核吗？能就返回每行温度（0 = 贪心），否则 None。
+
+    Can this batch take the fused kernel (triton_sampler.py)? Returns the per-row temperatures
+    (0 = greedy) when no row needs the torch path: no grammar, no penalty, no EOS ban from
+    min_new_tokens, no top-k/top-p/min-p truncation, no per-request seed on a sampled row.
+    """
+    temps = []
+    for r in reqs:
+        p: SamplingParams = r.sampling_params
+        if (getattr(r, "grammar", None) is not None or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+                or p.repetition_penalty != 1.0 or len(r.output_ids) < p.min_new_tokens):
+            return None
+        if p.is_greedy:
+            temps.append(0.0)
+            continue
+        if (0 <= p.top_k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0
+                or getattr(r, "generator", None) is not None):
+            return None
+        temps.append(max(p.temperature, 1e-6))
+    return temps
+
+
 class Sampler:
-    """logits → next token ids（见文件头）。See the file header."""
+    """logits → next token ids（见文件头）。See the file header.
+
+    use_fused: None = 在 GPU 上自动用融合内核 / the fused kernel on CUDA; True forces it (tests under
+    TRITON_INTERPRET=1); False always takes the torch path (A/B benchmarks).
+    """
+
+    def __init__(self, use_fused: Optional[bool] = None):
+        self.use_fused = use_fused
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, reqs: Sequence) -> Tuple[torch.Tensor, List[bool]]:
@@ -189,6 +224,12 @@ class Sampler:
         Returns (next_token_ids [bs] int64, bad [bs] bool: rows whose logits were not finite),
         both on logits' device.
         """
+        if self.use_fused is not False and (self.use_fused or logits.is_cuda) and HAS_TRITON:
+            temps = fused_temperatures(reqs, logits.shape[-1])
+            if temps is not None:
+                # 常见情形：一个 Triton 内核读一遍 logits 就抽完（triton_sampler.py）。
+                # The common case: one Triton kernel, one read of the logits (triton_sampler.py).
+                return sample_fused(logits, temps)
         logits = logits.float()
         # 坏行换成 0，让这一批其他请求照常进行；调度器会 abort 坏行的请求（不在这里同步）。
         # Zero the bad rows so the batch proceeds; the scheduler aborts them (no host sync here).
