@@ -205,6 +205,42 @@ def bench_shared_prefix(copy_gbs: float, rows: list):
         gbs = decode_bytes(bs, seq) / ms / 1e6
         print(f"  {name:28s} {ms:8.4f} ms {gbs:8.0f} GB/s ({100 * gbs / copy_gbs:5.1f}% of copy)  splits {int(ns[0])}")
         rows.append(dict(kind="shared_prefix", layout=name, bs=bs, seq=seq, ms=ms, gbs=gbs))
+    # cascade：每组前缀只读一次（cascade_attention.py），后缀照常 / each prefix once per group, suffixes as usual
+    from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd
+
+    full_idx = layouts["shared, groups adjacent"]
+    ref_fn, ref_o, _ = run_decode((q, k_buf, v_buf, kv_indptr, full_idx, seq_lens))
+    ref_fn()
+    per_row = full_idx.view(bs, seq)
+    suffix_idx = per_row[:, prefix:].reshape(-1).contiguous()
+    suffix_indptr = torch.arange(bs + 1, dtype=torch.int32, device="cuda") * suffix
+    suffix_lens = torch.full((bs,), suffix, dtype=torch.int32, device="cuda")
+    group_indptr = torch.arange(groups + 1, dtype=torch.int32, device="cuda") * per_group
+    members = torch.arange(bs, dtype=torch.int32, device="cuda")
+    prefix_indptr = torch.arange(groups + 1, dtype=torch.int32, device="cuda") * prefix
+    prefix_idx = per_row[::per_group, :prefix].reshape(-1).long().contiguous()
+    cas_len = torch.full((bs,), prefix, dtype=torch.int32, device="cuda")
+    for n_splits in (1, 2, 4):
+        cas_out = torch.empty(bs, H, n_splits, D, dtype=torch.float32, device="cuda")
+        cas_lse = torch.empty(bs, H, n_splits, dtype=torch.float32, device="cuda")
+        o = torch.empty_like(q)
+        logits = torch.empty(bs, H, MAX_KV_SPLITS, D, dtype=torch.float32, device="cuda")
+        lse = torch.empty(bs, H, MAX_KV_SPLITS, dtype=torch.float32, device="cuda")
+        ns = get_num_kv_splits(suffix_lens, MAX_KV_SPLITS, num_kv_heads=HKV)
+
+        def cascade_fn():
+            cfg = cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
+                                     prefix_idx, n_splits, per_group, D**-0.5)
+            decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS,
+                                 D**-0.5, prefix_partials=(cas_out, cas_lse, cas_len, n_splits, cfg["BLOCK_N"]))
+
+        ms = bench_ms(cascade_fn)
+        err = ((o.float() - ref_o.float()).norm() / ref_o.float().norm()).item()
+        moved = (groups * prefix + bs * suffix) * HKV * D * 2 * DTYPE.itemsize
+        print(f"  {'cascade, prefix splits ' + str(n_splits):28s} {ms:8.4f} ms   {moved / ms / 1e6:8.0f} GB/s of bytes "
+              f"really read  (rel err vs plain {err:.1e})")
+        rows.append(dict(kind="shared_prefix", layout=f"cascade splits {n_splits}", bs=bs, seq=seq, ms=ms,
+                         gbs_real=moved / ms / 1e6, rel_err=err))
 
 
 # ======== extend ========

@@ -73,6 +73,8 @@ class ServerArgs:
     attention_backend: Optional[str] = _f(None, "注意力后端（GPU 缺省 triton）/ attention backend (default: triton on GPU)",
                                           choices=["torch", "triton"])
     disable_cuda_graph: bool = _f(False, "关闭 decode 的 CUDA graph / disable CUDA graphs for decode")
+    disable_cascade_attention: bool = _f(False, "decode 时不合并读取共享前缀（Triton 后端）/ read shared prefixes once per "
+                                                 "request instead of once per group (Triton backend)")
     cuda_graph_max_bs: int = _f(256, "CUDA graph 捕获的最大 batch / largest captured batch size")
     disable_overlap_schedule: bool = _f(False, "关闭重叠调度（GPU 上默认开）/ disable the overlap scheduler (on by default on GPU)")
     enable_overlap_schedule: bool = _f(False, "CPU 上也用重叠调度（测试与学习用）/ use the overlap scheduler on CPU too "

@@ -129,7 +129,8 @@ class CudaGraphRunner:
         logger.info("captured CUDA graphs for decode batch sizes %s", self.batch_sizes)
 
     def can_run(self, fb: ForwardBatch) -> bool:
-        return fb.forward_mode.is_decode() and fb.batch_size <= self.max_bs
+        # 有共享前缀组的步走 eager：组的形状每步都变，图录不进去。Steps with prefix groups run eagerly.
+        return fb.forward_mode.is_decode() and fb.batch_size <= self.max_bs and fb.prefix_groups is None
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size

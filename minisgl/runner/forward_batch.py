@@ -77,9 +77,56 @@ class ForwardBatch:
     # uses one; lora_info holds the segments LoRAManager.prepare builds from it.
     lora_ids: Optional[List[Optional[str]]] = None
     lora_info: Optional[Any] = field(default=None, repr=False)
+    # decode：共用一段已缓存前缀的请求组（plan_prefix_groups），Triton 后端据此只读一次前缀
+    # （cascade_attention.py）；None = 没有这样的组。Decode only: groups of requests sharing a cached
+    # prefix, read once by the Triton backend (cascade_attention.py); None when there is none.
+    prefix_groups: Optional["PrefixGroups"] = None
 
     def __repr__(self) -> str:
         return (f"ForwardBatch(mode={self.forward_mode.name}, bs={self.batch_size}, "
                 f"tokens={len(self.input_ids)}, prefix_lens={self.extend_prefix_lens}, "
                 f"extend_lens={self.extend_seq_lens}, seq_lens={self.seq_lens_cpu}"
                 + (f", lora_ids={self.lora_ids}" if self.lora_ids else "") + ")")
+
+
+# ======== 共享前缀分组（cascade decode 注意力）/ Shared-prefix groups (cascade decode attention) ========
+# 前缀短于这个长度时不值得多一次 kernel：省下的字节比一次 launch 还少。
+# Below this length the saved bytes do not pay for the extra kernel launch.
+CASCADE_MIN_PREFIX_LEN = 256
+
+
+@dataclass
+class PrefixGroups:
+    """decode batch 里共用同一段已缓存前缀的请求组。Requests of a decode batch that share a cached prefix.
+
+    members[g]: 组 g 的成员在 batch 里的行号（≥ 2 个）/ batch rows of group g (at least two)
+    prefix_lens[g]: 它们共用的前缀长度（token 数；req_to_token 里 [0, L) 的槽位完全相同）
+                    the shared prefix length: their req_to_token slots [0, L) are identical
+    """
+
+    members: List[List[int]]
+    prefix_lens: List[int]
+
+    def __repr__(self) -> str:
+        sizes = [len(m) for m in self.members]
+        return f"PrefixGroups(groups={len(sizes)}, members={sizes}, prefix_lens={self.prefix_lens})"
+
+
+def plan_prefix_groups(shared_prefixes: List[Optional[tuple]],
+                       min_len: Optional[int] = None) -> Optional[PrefixGroups]:
+    """按 (前缀最后一个槽位, 前缀长度) 把请求分组；够长、至少两人的才成组。
+
+    Group the requests of a decode batch by (last slot of the cached prefix, its length), the key
+    the scheduler records in Req.shared_prefix when the request gets its req_to_token row. Equal keys
+    mean equal slot sequences: a slot sits at one place of the radix tree, and the path to it is
+    unique. Groups need at least two members and a prefix of at least min_len tokens.
+    """
+    min_len = CASCADE_MIN_PREFIX_LEN if min_len is None else min_len
+    by_key: dict = {}
+    for i, key in enumerate(shared_prefixes):
+        if key is not None and key[1] >= min_len:
+            by_key.setdefault(key, []).append(i)
+    groups = [(rows, key[1]) for key, rows in by_key.items() if len(rows) >= 2]
+    if not groups:
+        return None
+    return PrefixGroups([rows for rows, _ in groups], [n for _, n in groups])

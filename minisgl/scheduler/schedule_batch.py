@@ -125,6 +125,10 @@ class Req:
         self.kv_len = 0  # 已有（或已排进设备队列的）KV 的 token 数 / tokens whose KV is in the pool (or queued)
         self.last_loc = -1  # 位置 kv_len-1 的槽位，主机上记着（decode 续页用）/ slot of position kv_len-1, on the host
         self.prefix_indices: torch.Tensor = torch.empty(0, dtype=torch.int64)
+        # 拿到 req_to_token 行时匹配到的前缀：(最后一个槽位, 长度)；decode 时按它分组读共享前缀
+        # （forward_batch.plan_prefix_groups）。The prefix matched when the row was given:
+        # (its last slot, its length); decode groups requests by it (cascade attention).
+        self.shared_prefix: Optional[Tuple[int, int]] = None
         self.last_node: Any = None
         # ---- 本轮 / this round ----
         self.fill_ids: List[int] = []

@@ -70,7 +70,7 @@ from minisgl.constrained.base_grammar_backend import InvalidGrammarError, create
 from minisgl.io_struct import BatchTokenIDOut, TokenizedGenerateReqInput, unknown_lora_message
 from minisgl.mem_cache.chunk_cache import ChunkCache
 from minisgl.mem_cache.radix_cache import RadixCache
-from minisgl.runner.forward_batch import ForwardBatch, ForwardMode
+from minisgl.runner.forward_batch import ForwardBatch, ForwardMode, plan_prefix_groups
 from minisgl.sampling.logprobs import check_logprob_args, gather_logprobs, select_logprob_rows
 from minisgl.sampling.sampler import Sampler
 from minisgl.scheduler.schedule_batch import FINISH_ABORT, Req
@@ -190,6 +190,9 @@ class Scheduler:
         self.max_loras_per_batch = args.max_loras_per_batch
         # 重叠调度（第 06 章）：最近发射、结果还没处理的一批。Overlap (chapter 06): the launched, unprocessed batch.
         self.enable_overlap = args.enable_overlap_schedule
+        # 共享前缀只读一次的 decode 注意力只有 Triton 后端实现（torch 后端照常读全部）。
+        # Cascade decode attention exists in the Triton backend only.
+        self.enable_cascade = args.attention_backend == "triton" and not args.disable_cascade_attention
         self.inflight: Optional[LaunchedBatch] = None
         # 每个 req_to_token 行最近采出的 token，留在设备上：decode 的输入从这里取，CPU 不必先拿到上一步的结果。
         # The latest sampled token of each req_to_token row, kept on the device: decode reads its
@@ -513,6 +516,8 @@ class Scheduler:
             if req.req_pool_idx is None:
                 req.req_pool_idx = self.req_to_token_pool.alloc(1)[0]
                 self.req_to_token_pool.write(req.req_pool_idx, 0, req.prefix_indices)
+                # 记下匹配到的前缀（主机上的槽位，不同步设备），decode 时按它分组。The matched prefix, for cascade.
+                req.shared_prefix = (int(req.prefix_indices[-1]), pre) if pre else None
             if req.cached_tokens is None:
                 req.cached_tokens = pre
             # 前缀总是整页（匹配与分块都按页对齐），所以新 token 从新页开始，不需要 last_loc。
@@ -636,6 +641,7 @@ class Scheduler:
             positions=positions, out_cache_loc=out_cache_loc, req_pool_indices=rows,
             seq_lens=positions + 1, seq_lens_cpu=seq_lens, extend_prefix_lens=kv_lens, extend_seq_lens=[1] * bs,
             lora_ids=_lora_ids(reqs),
+            prefix_groups=plan_prefix_groups([r.shared_prefix for r in reqs]) if self.enable_cascade else None,
         )
 
     # ======== 结果 / Results ========

@@ -22,6 +22,8 @@
 #
 #   EXTEND: kv_* 只列“已缓存前缀”的槽位；新 token 的 K/V 直接从 k/v 张量读（内核第二阶段）。
 #   DECODE: kv_* 列出全部历史（含刚写入的这一个）；split-KV 两阶段内核。
+#   DECODE + 共享前缀组（fb.prefix_groups）：每组的前缀列一份给 cascade 前缀级，kv_* 只列各自的后缀。
+#   DECODE with shared-prefix groups: one prefix list per group for the cascade level; kv_* list suffixes.
 #
 # 【工作流程】Workflow
 #   1. init_forward_metadata(fb)：建 indptr / indices / split 数（GPU 上）。
@@ -48,8 +50,10 @@ import triton.language as tl
 
 from minisgl.utils import to_device
 from minisgl.runner.attention.triton_ops import decode_attention_fwd, extend_attention_fwd, get_num_kv_splits
+from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd
 
 MAX_KV_SPLITS = 16
+MAX_CASCADE_SPLITS = 8
 
 
 @triton.jit
@@ -59,19 +63,22 @@ def create_kv_indices_kernel(
     lens_ptr,  # [bs]：每个请求要列出的槽位数 / slots to list per request
     kv_indptr_ptr,  # [bs+1]
     kv_indices_ptr,  # out: [Σ lens]
+    starts_ptr,  # [bs]：从行里第几列开始（cascade 的后缀）/ first column to copy (a cascade suffix)
     req_to_token_stride: tl.constexpr,
     BLOCK: tl.constexpr,
+    HAS_START: tl.constexpr,
 ):
-    # 一个 program 负责一个请求：把 req_to_token 的一行前 len 个槽位抄进 kv_indices。
-    # One program per request: copy the first `len` slots of its req_to_token row.
+    # 一个 program 负责一个请求：把 req_to_token 一行里 [start, start+len) 的槽位抄进 kv_indices。
+    # One program per request: copy slots [start, start + len) of its req_to_token row (start 0 unless cascade).
     pid = tl.program_id(0)
     row = tl.load(req_pool_indices_ptr + pid)
     length = tl.load(lens_ptr + pid)
     out_start = tl.load(kv_indptr_ptr + pid)
+    col0 = tl.load(starts_ptr + pid) if HAS_START else 0
     for start in range(0, length, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < length  # 最后一块可能不满 / the last block may be partial
-        slots = tl.load(req_to_token_ptr + row * req_to_token_stride + offs, mask=mask)
+        slots = tl.load(req_to_token_ptr + row * req_to_token_stride + col0 + offs, mask=mask)
         tl.store(kv_indices_ptr + out_start + offs, slots, mask=mask)
 
 
@@ -82,6 +89,23 @@ class TritonMetadata:
     qo_indptr: torch.Tensor = None  # [bs+1] int32（extend）
     num_kv_splits: torch.Tensor = None  # [bs] int32（decode）
     max_len_extend: int = 0
+    cascade: "CascadeMetadata" = None  # decode 有共享前缀组时 / decode with shared-prefix groups
+
+
+@dataclass
+class CascadeMetadata:
+    """前缀级的输入（cascade_attention.py）。Inputs of the prefix level.
+
+    kv_indptr/kv_indices of TritonMetadata then list only each request's slots after its prefix.
+    """
+
+    group_indptr: torch.Tensor  # [n_groups+1] int32 → members
+    members: torch.Tensor  # [Σ 成员] int32：batch 行 / batch rows
+    prefix_indptr: torch.Tensor  # [n_groups+1] int32 → prefix_indices
+    prefix_indices: torch.Tensor  # [Σ L_g] int64：每组一份前缀槽位 / one copy of each group's prefix slots
+    cas_len: torch.Tensor  # [bs] int32：本请求的共享前缀长度（0 = 不在组里）/ 0 = not in a group
+    num_splits: int
+    max_members: int
 
 
 class TritonAttnBackend:
@@ -105,17 +129,69 @@ class TritonAttnBackend:
                                        dtype=torch.float32, device=self.device)
         self.attn_lse = torch.empty(max_bs, self.num_heads, MAX_KV_SPLITS, dtype=torch.float32, device=self.device)
 
-    def _fill_indices(self, req_pool_indices, lens, kv_indptr, kv_indices) -> None:
+    def _fill_indices(self, req_pool_indices, lens, kv_indptr, kv_indices, starts=None) -> None:
         bs = len(req_pool_indices)
         kv_indptr[:1].zero_()  # 不用 [0] = 0：那是一次主机→设备拷贝，CUDA graph 录不进 / no host copy (graph-safe)
         torch.cumsum(lens, dim=0, out=kv_indptr[1 : bs + 1])
         create_kv_indices_kernel[(bs,)](
             self.req_to_token, req_pool_indices, lens, kv_indptr, kv_indices,
-            self.req_to_token.stride(0), BLOCK=512,
+            starts if starts is not None else lens, self.req_to_token.stride(0), BLOCK=512,
+            HAS_START=starts is not None,
         )
+
+    def _init_cascade(self, fb) -> bool:
+        """有共享前缀组的 decode：前缀每组列一份，每个请求只列前缀之后的槽位。
+
+        Decode with shared-prefix groups: one list of prefix slots per group, and for each request
+        only the slots after its prefix. Groups larger than the prefix kernel's BLOCK_M are cut into
+        pieces of max_members (a piece of one keeps its prefix in its own list).
+        """
+        bs, pg = fb.batch_size, fb.prefix_groups
+        max_members = max(2, 64 // (self.num_heads // self.num_kv_heads))  # BLOCK_M ≤ 64 行 / rows
+        members, group_indptr, prefix_lens, first, cas_len = [], [0], [], [], [0] * bs
+        for rows, n in zip(pg.members, pg.prefix_lens):
+            for i in range(0, len(rows), max_members):
+                piece = rows[i : i + max_members]
+                if len(piece) < 2:
+                    continue
+                members += piece
+                group_indptr.append(len(members))
+                prefix_lens.append(n)
+                first.append(piece[0])
+                for b in piece:
+                    cas_len[b] = n
+        n_groups = len(prefix_lens)
+        if n_groups == 0:
+            return False  # 切完只剩单人的块：普通 decode / only pieces of one left: plain decode
+        # 一次主机→设备拷贝 / one host-to-device copy: [cas_len | group_indptr | members | first | prefix_lens]
+        packed = to_device(cas_len + group_indptr + members + first + prefix_lens, torch.int32, self.device)
+        cas_len_d, off = packed[:bs], bs
+        group_indptr_d, off = packed[off : off + n_groups + 1], off + n_groups + 1
+        members_d, off = packed[off : off + len(members)], off + len(members)
+        first_d, off = packed[off : off + n_groups].long(), off + n_groups
+        prefix_lens_d = packed[off : off + n_groups]
+        # 前缀：每组用第一个成员的行（组内 [0, L) 的槽位都相同）/ each group's prefix from its first member's row
+        prefix_indptr = torch.zeros(n_groups + 1, dtype=torch.int32, device=self.device)
+        prefix_indices = torch.empty(max(1, sum(prefix_lens)), dtype=torch.int64, device=self.device)
+        self._fill_indices(fb.req_pool_indices[first_d], prefix_lens_d, prefix_indptr, prefix_indices)
+        # 后缀：[L, seq_len)；不在组里的请求 L = 0，就是整行 / suffix [L, seq_len); L = 0 outside groups
+        suffix_lens = fb.seq_lens.to(torch.int32) - cas_len_d
+        self._fill_indices(fb.req_pool_indices, suffix_lens, self.kv_indptr, self.kv_indices, starts=cas_len_d)
+        self.num_kv_splits[:bs].copy_(get_num_kv_splits(suffix_lens, self.max_kv_splits, self.num_kv_heads))
+        # 前缀切几段：铺满约 2 × SM 个 program，每段至少 256 个 token / fill ~2 × SMs, ≥ 256 tokens a slice
+        num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if fb.seq_lens.is_cuda else 1
+        by_occupancy = -(-2 * num_sms // max(1, n_groups * self.num_kv_heads))
+        num_splits = max(1, min(MAX_CASCADE_SPLITS, by_occupancy, -(-max(prefix_lens) // 256)))
+        cascade = CascadeMetadata(group_indptr_d, members_d, prefix_indptr, prefix_indices, cas_len_d,
+                                  num_splits, max(group_indptr[i + 1] - group_indptr[i] for i in range(n_groups)))
+        fb.attn_metadata = TritonMetadata(self.kv_indptr[: bs + 1], self.kv_indices,
+                                          num_kv_splits=self.num_kv_splits[:bs], cascade=cascade)
+        return True
 
     def init_forward_metadata(self, fb) -> None:
         bs = fb.batch_size
+        if fb.forward_mode.is_decode() and fb.prefix_groups is not None and self._init_cascade(fb):
+            return
         if fb.forward_mode.is_decode():
             self._fill_indices(fb.req_pool_indices, fb.seq_lens, self.kv_indptr, self.kv_indices)
             self.num_kv_splits[:bs].copy_(get_num_kv_splits(fb.seq_lens, self.max_kv_splits, self.num_kv_heads))
@@ -140,8 +216,19 @@ class TritonAttnBackend:
         o = torch.empty_like(q)
         if fb.forward_mode.is_decode():
             bs = fb.batch_size
+            partials = None
+            if md.cascade is not None:
+                c = md.cascade
+                # 前缀级先算：每组的共享前缀只读一次 / the prefix level first: each shared prefix read once
+                cas_out = torch.empty(bs, self.num_heads, c.num_splits, self.head_dim, dtype=torch.float32,
+                                      device=q.device)
+                cas_lse = torch.empty(bs, self.num_heads, c.num_splits, dtype=torch.float32, device=q.device)
+                cfg = cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, c.group_indptr, c.members,
+                                         c.prefix_indptr, c.prefix_indices, c.num_splits, c.max_members, scaling)
+                partials = (cas_out, cas_lse, c.cas_len, c.num_splits, cfg["BLOCK_N"])
             decode_attention_fwd(q, k_buf, v_buf, o, md.kv_indptr, md.kv_indices, self.attn_logits[:bs],
-                                 self.attn_lse[:bs], md.num_kv_splits, self.max_kv_splits, scaling)
+                                 self.attn_lse[:bs], md.num_kv_splits, self.max_kv_splits, scaling,
+                                 prefix_partials=partials)
         else:
             extend_attention_fwd(q, k.contiguous(), v.contiguous(), o, k_buf, v_buf, md.qo_indptr, md.kv_indptr,
                                  md.kv_indices, md.max_len_extend, scaling)

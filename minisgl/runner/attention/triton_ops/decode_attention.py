@@ -313,9 +313,20 @@ def _decode_stage2_kernel(
     stride_lh,
     stride_o_b,
     stride_o_h,
+    Cas_Out,  # [bs, H, cas_splits, D] float32：共享前缀各段（cascade_attention.py）/ shared-prefix slices
+    Cas_Lse,  # [bs, H, cas_splits] float32
+    cas_len,  # [bs] int32：共享前缀长度，0 = 不是 cascade 成员 / shared prefix length, 0 = none
+    cas_splits,  # 前缀切了几段（主机整数）/ slices per prefix (host int)
+    stride_cb,
+    stride_ch,
+    stride_cs,
+    stride_clb,
+    stride_clh,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,  # 必须与 stage 1 相同，用来复算段边界 / same as stage 1
+    HAS_CASCADE: tl.constexpr,  # 编译期：没有共享前缀时这段代码不生成 / compile-time: absent without cascade
+    CAS_BLOCK_N: tl.constexpr,  # 前缀级的 BLOCK_N，复算它的段边界 / the prefix level's BLOCK_N
 ):
     cur_batch = tl.program_id(0)
     cur_head = tl.program_id(1)
@@ -352,6 +363,25 @@ def _decode_stage2_kernel(
             e_sum = e_sum * alpha + w
             e_max = m_new
     # <<< ASSIGNMENT
+
+    if HAS_CASCADE:
+        # 共享前缀的局部结果（cascade_attention.py）按同一个公式并进来：它们只是“另外几段”。
+        # The shared-prefix partials (cascade_attention.py) merge by the same formula: just more slices.
+        prefix_len = tl.load(cas_len + cur_batch)
+        c_len = tl.cdiv(prefix_len, cas_splits)
+        c_len = tl.cdiv(c_len, CAS_BLOCK_N) * CAS_BLOCK_N
+        base_c = Cas_Out + cur_batch * stride_cb + cur_head * stride_ch
+        base_cl = Cas_Lse + cur_batch * stride_clb + cur_head * stride_clh
+        for split_id in range(0, cas_splits):
+            if split_id * c_len < prefix_len:  # 空段前缀级没写 / empty slices were never written
+                part = tl.load(base_c + split_id * stride_cs + offs_d, mask=mask_d, other=0.0)
+                lse = tl.load(base_cl + split_id)
+                m_new = tl.maximum(lse, e_max)
+                alpha = tl.exp(e_max - m_new)
+                w = tl.exp(lse - m_new)
+                acc = acc * alpha + w * part
+                e_sum = e_sum * alpha + w
+                e_max = m_new
 
     # 只要有一段，e_sum ≥ 1（lse 最大的那段贡献 exp(0) = 1），所以下限 1e-30 平时不起作用；
     # seq_len == 0（例如 CUDA graph 的填充请求）时没有任何段：acc = 0 → 输出 0，而不是 0/0 = NaN。
@@ -399,6 +429,7 @@ def decode_attention_fwd(
     sm_scale: float,
     logit_cap: float = 0.0,
     config: Optional[dict] = None,
+    prefix_partials: Optional[tuple] = None,
 ) -> torch.Tensor:
     """分页 KV 上的 decode 注意力（split-KV 两阶段）。结果写进 o 并返回 o。
     Decode attention over a paged KV pool (two-stage split-KV). Writes o and returns it.
@@ -408,6 +439,10 @@ def decode_attention_fwd(
     attn_logits: [bs, H, ≥max_kv_splits, D] float32，attn_lse: [bs, H, ≥max_kv_splits] float32（工作区 / workspace）
     num_kv_splits: [bs] int32，每个值在 [1, max_kv_splits] / each in [1, max_kv_splits]
     config: 可选，覆盖 BLOCK_N / num_warps / num_stages（基准扫参用）/ optional override for tuning
+    prefix_partials: 可选 (cas_out, cas_lse, cas_len, cas_splits, cas_block_n)：cascade_prefix_fwd 已算好的
+        共享前缀部分；此时 kv_indptr/kv_indices 只列每个请求前缀之后的槽位，stage 2 把两部分合并。
+        Optional shared-prefix partials from cascade_prefix_fwd; kv_indptr/kv_indices then list only
+        the slots after each request's shared prefix, and stage 2 merges both.
 
     【工作流程】Workflow
       1. stage 1：grid (bs, Hkv, max_kv_splits)，每段写局部输出 + lse。
@@ -447,13 +482,20 @@ def decode_attention_fwd(
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
 
+    if prefix_partials is not None:
+        cas_out, cas_lse, cas_len, cas_splits, cas_block_n = prefix_partials
+    else:  # 占位指针，HAS_CASCADE=False 时内核不读 / placeholders, never read without cascade
+        cas_out, cas_lse, cas_len, cas_splits, cas_block_n = attn_logits, attn_lse, num_kv_splits, 1, 16
     grid2 = (bs, num_heads)
     _decode_stage2_kernel[grid2](
         attn_logits, attn_lse, o, kv_indptr, num_kv_splits,
         attn_logits.stride(0), attn_logits.stride(1), attn_logits.stride(2),
         attn_lse.stride(0), attn_lse.stride(1),
         o.stride(0), o.stride(1),
+        cas_out, cas_lse, cas_len, cas_splits,
+        cas_out.stride(0), cas_out.stride(1), cas_out.stride(2), cas_lse.stride(0), cas_lse.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=cfg["BLOCK_N"],
+        HAS_CASCADE=prefix_partials is not None, CAS_BLOCK_N=cas_block_n,
         num_warps=4 if not _on_interpreter(q) else 1, num_stages=2 if not _on_interpreter(q) else 1,
     )  # fmt: skip
     return o

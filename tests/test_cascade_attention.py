@@ -1,0 +1,137 @@
+"""共享前缀的 decode 注意力（cascade）：与普通 decode 的参考结果相同，且在引擎里真的被用到。
+
+Cascade decode attention (minisgl/runner/attention/triton_ops/cascade_attention.py): the prefix
+level + the suffix-only decode + the merge in stage 2 equal plain decode attention over the whole
+sequence; plan_prefix_groups groups only what is really shared; inside the engine the Triton
+backend runs it for requests that share a cached prefix, and greedy output equals HF.
+CPU: tiny shapes under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+"""
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+from minisgl.runner import forward_batch  # noqa: E402
+from minisgl.runner.attention.triton_ops import decode_attention_fwd, decode_attention_ref  # noqa: E402
+from minisgl.runner.attention.triton_ops import cascade_attention as cas_mod  # noqa: E402
+from minisgl.runner.forward_batch import plan_prefix_groups  # noqa: E402
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+HALF = torch.bfloat16 if HAS_CUDA else torch.float16  # 解释器不支持 bf16 / the interpreter lacks bf16
+if not HAS_CUDA and type(cas_mod._prefix_stage_kernel).__name__ != "InterpretedFunction":
+    pytest.skip("triton was imported before TRITON_INTERPRET=1 was set (see tests/conftest.py)",
+                allow_module_level=True)
+
+
+def test_plan_groups_only_real_sharing():
+    a, b = (17, 300), (40, 300)  # 两段不同的前缀（最后槽位不同）/ two different prefixes
+    plan = plan_prefix_groups([a, None, a, b, a, (17, 100), b], min_len=256)
+    assert plan.members == [[0, 2, 4], [3, 6]] and plan.prefix_lens == [300, 300]
+    assert plan_prefix_groups([a, b, None], min_len=256) is None  # 没有两人共享 / no pair shares
+    assert plan_prefix_groups([(5, 100), (5, 100)], min_len=256) is None  # 太短 / too short
+    assert plan_prefix_groups([(5, 100), (5, 100)], min_len=64).members == [[0, 1]]
+
+
+def _cascade_inputs(groups, prefix_slots, dev):
+    """members / indptr 张量 + 每个请求的前缀长度。Metadata tensors and each request's prefix length."""
+    members, group_indptr, prefix_indptr, prefix_indices = [], [0], [0], []
+    for rows, g in zip(groups, range(len(groups))):
+        members += rows
+        group_indptr.append(len(members))
+        prefix_indices += prefix_slots[g]
+        prefix_indptr.append(len(prefix_indices))
+    i32 = dict(dtype=torch.int32, device=dev)
+    return (torch.tensor(group_indptr, **i32), torch.tensor(members, **i32), torch.tensor(prefix_indptr, **i32),
+            torch.tensor(prefix_indices, dtype=torch.int64, device=dev))
+
+
+@pytest.mark.parametrize("heads,kv_heads,num_splits,dtype",
+                         [(4, 2, 1, torch.float32), (4, 2, 3, torch.float32), (2, 2, 2, torch.float32), (4, 1, 2, torch.float32), (4, 2, 2, HALF), (4, 1, 2, HALF)])
+def test_cascade_equals_plain_decode(heads, kv_heads, num_splits, dtype):
+    torch.manual_seed(0)
+    D, pool = 32, 400
+    k_buf = torch.randn(pool, kv_heads, D, device=DEV).to(dtype)
+    v_buf = torch.randn(pool, kv_heads, D, device=DEV).to(dtype)
+    perm = torch.randperm(pool).tolist()
+    # 组 0：请求 0、2、3 共享 40 个槽位；组 1：请求 1、5 共享 23 个；请求 4 独自一人（不在组里）。
+    # Group 0: requests 0, 2, 3 share 40 slots; group 1: requests 1 and 5 share 23; request 4 is alone.
+    pre0, pre1 = perm[:40], perm[40:63]
+    own = [perm[63:68], perm[68:69], perm[69:90], perm[90:93], perm[93:150], perm[150:160]]
+    prefix_of = {0: pre0, 2: pre0, 3: pre0, 1: pre1, 5: pre1, 4: []}
+    full = [prefix_of[b] + own[b] for b in range(6)]
+    bs = len(full)
+    q = torch.randn(bs, heads, D, device=DEV).to(dtype)
+    scale = D ** -0.5
+
+    def csr(lists):
+        indptr = torch.tensor([0] + torch.tensor([len(x) for x in lists]).cumsum(0).tolist(), dtype=torch.int32,
+                              device=DEV)
+        return indptr, torch.tensor([s for x in lists for s in x], dtype=torch.int64, device=DEV)
+
+    ref = decode_attention_ref(q, k_buf, v_buf, torch.empty_like(q), *csr(full), sm_scale=scale)
+
+    group_indptr, members, prefix_indptr, prefix_indices = _cascade_inputs([[0, 2, 3], [1, 5]], [pre0, pre1], DEV)
+    cas_len = torch.tensor([len(prefix_of[b]) for b in range(bs)], dtype=torch.int32, device=DEV)
+    cas_out = torch.full((bs, heads, num_splits, D), float("nan"), device=DEV)
+    cas_lse = torch.full((bs, heads, num_splits), float("nan"), device=DEV)
+    cfg = cas_mod.cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
+                                     prefix_indices, num_splits, max_members=3, sm_scale=scale)
+    assert torch.isnan(cas_lse[4]).all()  # 不在组里的请求没被写 / the lone request is never written
+    max_splits = 4
+    o = torch.full_like(q, float("nan"))
+    suffix_indptr, suffix_indices = csr(own)
+    decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_indices,
+                         torch.empty(bs, heads, max_splits, D, device=DEV), torch.empty(bs, heads, max_splits, device=DEV),
+                         torch.tensor([1, 1, 2, 1, 3, 2], dtype=torch.int32, device=DEV), max_splits, scale,
+                         prefix_partials=(cas_out, cas_lse, cas_len, num_splits, cfg["BLOCK_N"]))
+    tol = 2e-2 if dtype != torch.float32 else 1e-5
+    err = (o.float() - ref.float()).norm() / ref.float().norm()
+    assert err < tol, err
+    # 不合并前缀时结果应当不同：证明前缀部分确实进了合并。Without the prefix partials the result differs.
+    o2 = torch.empty_like(q)
+    decode_attention_fwd(q, k_buf, v_buf, o2, suffix_indptr, suffix_indices,
+                         torch.empty(bs, heads, max_splits, D, device=DEV), torch.empty(bs, heads, max_splits, device=DEV),
+                         torch.ones(bs, dtype=torch.int32, device=DEV), max_splits, scale)
+    assert (o2.float() - ref.float()).norm() / ref.float().norm() > 0.1
+    assert torch.allclose(o2[4].float(), ref[4].float(), atol=tol * 10)  # 独自的请求不受影响 / the lone one matches
+
+
+def test_engine_uses_cascade_and_matches_hf(checkpoint, monkeypatch):
+    from minisgl import Engine
+    from minisgl.runner.attention import triton_backend
+    from tests.conftest import assert_pool_whole, hf_greedy
+
+    monkeypatch.setattr(forward_batch, "CASCADE_MIN_PREFIX_LEN", 8)
+    calls = []
+    real = triton_backend.cascade_prefix_fwd
+
+    def spy(q, *args, **kw):
+        calls.append(int(args[4].shape[0]) - 1)  # 组数 / number of groups
+        return real(q, *args, **kw)
+
+    monkeypatch.setattr(triton_backend, "cascade_prefix_fwd", spy)
+    path = checkpoint("qwen3")
+    engine = Engine(path, attention_backend="triton", disable_cuda_graph=True)
+    system = [(11 * j) % 300 + 5 for j in range(20)]
+    engine.generate(input_ids=system + [7], sampling_params={"max_new_tokens": 1})  # 前缀进缓存 / cache the prefix
+    prompts = [system + [40 + i, 50 + i] for i in range(3)] + [[9, 8, 7, 6]]
+    params = {"max_new_tokens": 5, "temperature": 0}
+    outs = engine.generate(input_ids=prompts, sampling_params=params)
+    assert calls and max(calls) == 1, calls  # 3 个请求共享前缀，成一组 / three requests form one group
+    for ids, out in zip(prompts, outs):
+        assert out["output_ids"] == hf_greedy(path, ids, 5)
+    assert_pool_whole(engine)
+    engine.shutdown()
+    # 关掉 cascade：同样的输出，且从不调用前缀级 / disabled: same output, no prefix level
+    n = len(calls)
+    off = Engine(path, attention_backend="triton", disable_cuda_graph=True, disable_cascade_attention=True)
+    off.generate(input_ids=system + [7], sampling_params={"max_new_tokens": 1})
+    assert [o["output_ids"] for o in off.generate(input_ids=prompts, sampling_params=params)] == \
+        [o["output_ids"] for o in outs]
+    assert len(calls) == n
+    off.shutdown()
