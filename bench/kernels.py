@@ -221,6 +221,8 @@ def bench_shared_prefix(copy_gbs: float, rows: list):
     prefix_idx = per_row[::per_group, :prefix].reshape(-1).long().contiguous()
     cas_len = torch.full((bs,), prefix, dtype=torch.int32, device="cuda")
     for n_splits in (1, 2, 4):
+        group_splits = torch.full((groups,), n_splits, dtype=torch.int32, device="cuda")
+        cas_splits = torch.full((bs,), n_splits, dtype=torch.int32, device="cuda")
         cas_out = torch.empty(bs, H, n_splits, D, dtype=torch.float32, device="cuda")
         cas_lse = torch.empty(bs, H, n_splits, dtype=torch.float32, device="cuda")
         o = torch.empty_like(q)
@@ -230,9 +232,9 @@ def bench_shared_prefix(copy_gbs: float, rows: list):
 
         def cascade_fn():
             cfg = cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
-                                     prefix_idx, n_splits, per_group, D**-0.5)
+                                     prefix_idx, group_splits, n_splits, per_group, D**-0.5)
             decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS,
-                                 D**-0.5, prefix_partials=(cas_out, cas_lse, cas_len, n_splits, cfg["BLOCK_N"]))
+                                 D**-0.5, prefix_partials=(cas_out, cas_lse, cas_len, cas_splits, cfg["BLOCK_N"]))
 
         ms = bench_ms(cascade_fn)
         err = ((o.float() - ref_o.float()).norm() / ref_o.float().norm()).item()

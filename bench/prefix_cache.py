@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mem-fraction-static", type=float)
     ap.add_argument("--attention-backend", choices=["torch", "triton"])
     ap.add_argument("--disable-cuda-graph", action="store_true")
+    ap.add_argument("--disable-cascade-attention", action="store_true",
+                    help="decode 时每个请求各读一遍共享前缀（对照）/ read shared prefixes per request, for comparison")
     ap.add_argument("--quick", action="store_true", help="CPU 冒烟测试的小规模 / tiny sizes for a CPU smoke test")
     ap.add_argument("--json", help="把结果写成 JSON / write results as JSON")
     return ap
@@ -257,6 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     engine_kw = {k: getattr(a, k) for k in ENGINE_FLAGS if getattr(a, k) is not None}
     if a.disable_cuda_graph:
         engine_kw["disable_cuda_graph"] = True
+    if a.disable_cascade_attention:
+        engine_kw["disable_cascade_attention"] = True
     workloads = a.workloads.split(",")
     configs = a.configs.split(",")
     for name in workloads + configs:

@@ -79,8 +79,13 @@ def test_cascade_equals_plain_decode(heads, kv_heads, num_splits, dtype):
     cas_len = torch.tensor([len(prefix_of[b]) for b in range(bs)], dtype=torch.int32, device=DEV)
     cas_out = torch.full((bs, heads, num_splits, D), float("nan"), device=DEV)
     cas_lse = torch.full((bs, heads, num_splits), float("nan"), device=DEV)
+    # 再加一个空的填充组（CUDA graph 用固定组数时就是这样）/ plus an empty padding group, as under CUDA graphs
+    group_indptr = torch.cat([group_indptr, group_indptr[-1:]])
+    prefix_indptr = torch.cat([prefix_indptr, prefix_indptr[-1:]])
+    group_splits = torch.tensor([num_splits, num_splits, 0], dtype=torch.int32, device=DEV)
+    cas_splits = torch.tensor([num_splits if prefix_of[b] else 0 for b in range(bs)], dtype=torch.int32, device=DEV)
     cfg = cas_mod.cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
-                                     prefix_indices, num_splits, max_members=3, sm_scale=scale)
+                                     prefix_indices, group_splits, num_splits, max_members=3, sm_scale=scale)
     assert torch.isnan(cas_lse[4]).all()  # 不在组里的请求没被写 / the lone request is never written
     max_splits = 4
     o = torch.full_like(q, float("nan"))
@@ -88,7 +93,7 @@ def test_cascade_equals_plain_decode(heads, kv_heads, num_splits, dtype):
     decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_indices,
                          torch.empty(bs, heads, max_splits, D, device=DEV), torch.empty(bs, heads, max_splits, device=DEV),
                          torch.tensor([1, 1, 2, 1, 3, 2], dtype=torch.int32, device=DEV), max_splits, scale,
-                         prefix_partials=(cas_out, cas_lse, cas_len, num_splits, cfg["BLOCK_N"]))
+                         prefix_partials=(cas_out, cas_lse, cas_len, cas_splits, cfg["BLOCK_N"]))
     tol = 2e-2 if dtype != torch.float32 else 1e-5
     err = (o.float() - ref.float()).norm() / ref.float().norm()
     assert err < tol, err
@@ -111,7 +116,7 @@ def test_engine_uses_cascade_and_matches_hf(checkpoint, monkeypatch):
     real = triton_backend.cascade_prefix_fwd
 
     def spy(q, *args, **kw):
-        calls.append(int(args[4].shape[0]) - 1)  # 组数 / number of groups
+        calls.append(int((args[4].diff() > 0).sum()))  # 真实的组数（不算填充组）/ real groups, padding left out
         return real(q, *args, **kw)
 
     monkeypatch.setattr(triton_backend, "cascade_prefix_fwd", spy)
@@ -135,3 +140,38 @@ def test_engine_uses_cascade_and_matches_hf(checkpoint, monkeypatch):
         [o["output_ids"] for o in outs]
     assert len(calls) == n
     off.shutdown()
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a GPU")
+def test_cascade_cuda_graph_equals_plain(checkpoint, monkeypatch):
+    """GPU：cascade 图的回放（组数据每步写进固定缓冲区）与不用 cascade 的输出逐 token 相同。
+
+    The cascade CUDA graphs (groups written into fixed buffers before each replay) give the same
+    tokens as plain decode, for a padded batch of 20 (graph 32) with three groups and loners."""
+    from minisgl import Engine
+    from minisgl.runner.attention import triton_backend
+
+    monkeypatch.setattr(forward_batch, "CASCADE_MIN_PREFIX_LEN", 8)
+    written = []
+    real = triton_backend.TritonAttnBackend.write_cascade_plan
+
+    def spy(self, fb):
+        ok = real(self, fb)
+        written.append(ok)
+        return ok
+
+    monkeypatch.setattr(triton_backend.TritonAttnBackend, "write_cascade_plan", spy)
+    path = checkpoint("qwen3")
+    systems = [[(13 * j + 7 * g) % 300 + 5 for j in range(24 + 8 * g)] for g in range(3)]
+    prompts = [systems[i % 3] + [40 + i, 41 + i] for i in range(17)] + [[9, 8, 7, i] for i in range(3)]
+    params = {"max_new_tokens": 8, "temperature": 0}
+    outs = {}
+    for name, kw in [("cascade", {}), ("plain", {"disable_cascade_attention": True})]:
+        engine = Engine(path, dtype="float32", **kw)
+        engine.generate(input_ids=[s + [1] for s in systems], sampling_params={"max_new_tokens": 1})
+        outs[name] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
+        if name == "cascade":
+            assert engine.scheduler.model_runner.cuda_graph_runner.cascade_graphs
+        engine.shutdown()
+    assert any(written), "the cascade graphs were never replayed"
+    assert outs["cascade"] == outs["plain"]

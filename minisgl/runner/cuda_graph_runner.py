@@ -34,6 +34,10 @@
 #     它们算出的结果被丢弃，写入只落在哑槽位上，不会弄脏真实请求的 KV。
 #     Padded rows write only to the dummy slot and their outputs are dropped.
 #   - 录制时的地址必须在回放时仍然有效：所有输入、输出、工作区都是预先分配的固定张量。
+#   - 共享前缀（cascade 注意力，第 08 章）的第二套图：batch ≥ 16 时每个大小再录一张；回放前主机把这一步的
+#     组写进后端的固定缓冲区（write_cascade_plan），图里的内核按最大组数启动。没有组时回放普通图。
+#     A second set of graphs with cascade attention (chapter 08), for bs ≥ 16: before a replay the host
+#     writes the step's groups into the backend's fixed buffers; without groups the plain graph runs.
 #
 # 【使用方式】Usage
 #   默认在 GPU 上开启；--disable-cuda-graph 关闭，--cuda-graph-max-bs 限制最大录制大小。
@@ -52,6 +56,11 @@ import torch
 from minisgl.runner.forward_batch import ForwardBatch, ForwardMode
 
 logger = logging.getLogger(__name__)
+
+
+# 更小的 batch 不录 cascade 图：组少、省得少，而每张图都占显存与启动时间。
+# Smaller batches get no cascade graph: few groups, little to save, and every graph costs memory and startup.
+CASCADE_MIN_GRAPH_BS = 16
 
 
 def capture_batch_sizes(max_bs: int) -> List[int]:
@@ -75,6 +84,13 @@ class CudaGraphRunner:
         self.seq_lens = torch.ones(n, dtype=torch.int64, device=dev)
         self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[int, torch.Tensor] = {}
+        # 共享前缀（cascade）的第二套图：只有 Triton 后端、开着 radix 缓存、batch ≥ CASCADE_MIN_GRAPH_BS 时录。
+        # A second set of graphs with cascade attention (Triton backend, radix cache on, bs ≥ 16).
+        args = model_runner.server_args
+        self.cascade = (hasattr(model_runner.attn_backend, "init_cascade_device") and not args.disable_radix_cache
+                        and not args.disable_cascade_attention)
+        self.cascade_graphs: Dict[int, torch.cuda.CUDAGraph] = {}
+        self.cascade_outputs: Dict[int, torch.Tensor] = {}
         self.pool = None
 
     def _static_batch(self, bs: int) -> ForwardBatch:
@@ -125,16 +141,42 @@ class CudaGraphRunner:
                 out = model.compute_logits(model(fb.input_ids, fb.positions, fb))
             self.pool = self.pool or graph.pool()
             self.graphs[bs], self.outputs[bs] = graph, out
+            if self.cascade and bs >= CASCADE_MIN_GRAPH_BS:
+                self.cascade_graphs[bs], self.cascade_outputs[bs] = self._capture_cascade(fb, stream)
         torch.cuda.synchronize()
         logger.info("captured CUDA graphs for decode batch sizes %s", self.batch_sizes)
 
+    def _capture_cascade(self, fb: ForwardBatch, stream):
+        """录一张带 cascade 的图：只录设备那一半（init_cascade_device），组的数据回放前由主机写入。
+
+        Capture the cascade variant: only the device half (init_cascade_device) is recorded; the
+        groups are written by the host (write_cascade_plan) before each replay.
+        """
+        model, backend = self.mr.model, self.mr.attn_backend
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # 热身：编译前缀级内核 / warm-up: compile the prefix-level kernels
+                backend.init_cascade_device(fb)
+                model.compute_logits(model(fb.input_ids, fb.positions, fb))
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+            backend.init_cascade_device(fb)
+            out = model.compute_logits(model(fb.input_ids, fb.positions, fb))
+        return graph, out
+
     def can_run(self, fb: ForwardBatch) -> bool:
-        # 有共享前缀组的步走 eager：组的形状每步都变，图录不进去。Steps with prefix groups run eagerly.
-        return fb.forward_mode.is_decode() and fb.batch_size <= self.max_bs and fb.prefix_groups is None
+        return fb.forward_mode.is_decode() and fb.batch_size <= self.max_bs
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size
         padded = self.batch_sizes[bisect.bisect_left(self.batch_sizes, bs)]
+        # 有共享前缀组且录过这个大小的 cascade 图：写组数据、回放它；否则普通图（读全部前缀，结果相同）。
+        # With prefix groups and a cascade graph of this size: write the groups and replay it; else the
+        # plain graph (it reads every prefix in full: the same result, more bytes).
+        graph, output = self.graphs[padded], self.outputs[padded]
+        if (fb.prefix_groups is not None and padded in self.cascade_graphs
+                and self.mr.attn_backend.write_cascade_plan(fb)):
+            graph, output = self.cascade_graphs[padded], self.cascade_outputs[padded]
         # ======== 第1步：拷贝输入，并重置填充行 / Step 1: copy inputs, reset the padded rows ========
         self.input_ids[:bs].copy_(fb.input_ids)
         self.positions[:bs].copy_(fb.positions)
@@ -146,5 +188,5 @@ class CudaGraphRunner:
             self.req_pool_indices[bs:padded].fill_(self.mr.dummy_req_idx)
             self.seq_lens[bs:padded].fill_(1)
         # ======== 第2步：回放（元数据在图里算）/ Step 2: replay (the graph computes the metadata) ========
-        self.graphs[padded].replay()
-        return self.outputs[padded][:bs]
+        graph.replay()
+        return output[:bs]

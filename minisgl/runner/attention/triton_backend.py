@@ -34,6 +34,9 @@
 #     No host reads: one program per request reads its own length on the device.
 #   - 固定缓冲区 + 填充：CUDA graph 只认录制时的地址，所以 decode 的元数据总写在同一块内存里。
 #   - max_kv_splits = 16：长序列、小 batch 时把一个序列切成多段并行（flash-decoding 思路）。
+#   - cascade（共享前缀只读一次）：write_cascade_plan 在主机上把组写进 cas_meta（一次拷贝），
+#     init_cascade_device 在设备上由它建前缀/后缀元数据；后者能录进 CUDA graph。
+#     Cascade: the host writes the groups into cas_meta (one copy); the device half is capturable.
 #
 # 【使用方式】Usage
 #   minisgl serve --device cuda --attention-backend triton    （GPU 上的默认 / the GPU default）
@@ -43,6 +46,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -94,18 +98,19 @@ class TritonMetadata:
 
 @dataclass
 class CascadeMetadata:
-    """前缀级的输入（cascade_attention.py）。Inputs of the prefix level.
+    """前缀级的输入（cascade_attention.py），全是固定缓冲区的视图。Inputs of the prefix level.
 
-    kv_indptr/kv_indices of TritonMetadata then list only each request's slots after its prefix.
+    All are views of fixed buffers (CUDA graphs). kv_indptr/kv_indices of TritonMetadata then list
+    only each request's slots after its prefix. Padding groups have no members and no prefix.
     """
 
-    group_indptr: torch.Tensor  # [n_groups+1] int32 → members
-    members: torch.Tensor  # [Σ 成员] int32：batch 行 / batch rows
-    prefix_indptr: torch.Tensor  # [n_groups+1] int32 → prefix_indices
-    prefix_indices: torch.Tensor  # [Σ L_g] int64：每组一份前缀槽位 / one copy of each group's prefix slots
+    group_indptr: torch.Tensor  # [max_groups+1] int32 → members
+    members: torch.Tensor  # [max_bs] int32：batch 行 / batch rows
+    prefix_indptr: torch.Tensor  # [max_groups+1] int32 → prefix_indices
+    prefix_indices: torch.Tensor  # int64：每组一份前缀槽位 / one copy of each group's prefix slots
+    group_splits: torch.Tensor  # [max_groups] int32：每组前缀切几段 / slices per group prefix
     cas_len: torch.Tensor  # [bs] int32：本请求的共享前缀长度（0 = 不在组里）/ 0 = not in a group
-    num_splits: int
-    max_members: int
+    cas_splits: torch.Tensor  # [bs] int32：本请求所在组的段数 / slices of its group
 
 
 class TritonAttnBackend:
@@ -128,6 +133,106 @@ class TritonAttnBackend:
         self.attn_logits = torch.empty(max_bs, self.num_heads, MAX_KV_SPLITS, self.head_dim,
                                        dtype=torch.float32, device=self.device)
         self.attn_lse = torch.empty(max_bs, self.num_heads, MAX_KV_SPLITS, dtype=torch.float32, device=self.device)
+        self._alloc_cascade(max_bs, model_runner)
+
+    # ======== cascade（共享前缀只读一次）的固定缓冲区 / fixed buffers of cascade attention ========
+    def _alloc_cascade(self, max_bs: int, model_runner) -> None:
+        """组的数据每步由主机写进 cas_meta（一次拷贝），其余都在设备上由它算出。
+
+        The host writes each step's groups into cas_meta (one copy); the rest is computed from it on
+        the device, so the whole decode step (cascade included) can be a CUDA graph.
+        cas_meta layout: cas_len [max_bs] | cas_splits [max_bs] | members [max_bs] |
+                         group_indptr [G+1] | first [G] | prefix_lens [G] | group_splits [G]
+        """
+        group = self.num_heads // self.num_kv_heads
+        # 前缀级每个 program 最多 64 行 query（成员 × GROUP）/ at most 64 query rows per prefix program
+        self.cascade_max_members = max(2, 64 // group)
+        self.cascade_max_groups = G = max(1, max_bs // 2)  # 每组至少两人 / two members at least
+        self._cas_offsets = [0, max_bs, 2 * max_bs, 3 * max_bs, 3 * max_bs + G + 1, 3 * max_bs + 2 * G + 1,
+                             3 * max_bs + 3 * G + 1, 3 * max_bs + 4 * G + 1]
+        self.cas_meta = torch.zeros(self._cas_offsets[-1], dtype=torch.int32, device=self.device)
+        self.cas_prefix_indptr = torch.zeros(G + 1, dtype=torch.int32, device=self.device)
+        # 前缀槽位：组数 × ctx 的上限；按需分配，避免不用 cascade 时白占显存。Sized G × ctx, made on first use.
+        self.cas_prefix_indices: Optional[torch.Tensor] = None
+        self.cas_out = torch.empty(max_bs, self.num_heads, MAX_CASCADE_SPLITS, self.head_dim, dtype=torch.float32,
+                                   device=self.device)
+        self.cas_lse = torch.empty(max_bs, self.num_heads, MAX_CASCADE_SPLITS, dtype=torch.float32, device=self.device)
+        self._num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                         if str(self.device).startswith("cuda") else 1)
+
+    def _cas_view(self, i: int, n: Optional[int] = None) -> torch.Tensor:
+        start = self._cas_offsets[i]
+        return self.cas_meta[start : (start + n) if n is not None else self._cas_offsets[i + 1]]
+
+    def write_cascade_plan(self, fb) -> bool:
+        """主机：把 fb.prefix_groups 切成 ≤ cascade_max_members 的块，写进 cas_meta（CUDA graph 之外）。
+
+        Host side, outside any CUDA graph: cut fb.prefix_groups into pieces of at most
+        cascade_max_members, choose each piece's number of prefix slices, and write it all into
+        cas_meta in one copy. Rows past bs (CUDA-graph padding) are outside every group.
+        Returns False when no piece has two members (then plain decode is used).
+        """
+        pg = fb.prefix_groups
+        pieces = []
+        for rows, n in zip(pg.members, pg.prefix_lens):
+            for i in range(0, len(rows), self.cascade_max_members):
+                if len(rows[i : i + self.cascade_max_members]) >= 2:
+                    pieces.append((rows[i : i + self.cascade_max_members], n))
+        if not pieces:
+            return False
+        G, max_bs = self.cascade_max_groups, self._cas_offsets[1]
+        pieces = pieces[:G]
+        # 段数：铺满约 2 × SM 个 program，每段至少 256 个 token / fill ~2 × SMs, ≥ 256 tokens a slice
+        by_occupancy = -(-2 * self._num_sms // (len(pieces) * self.num_kv_heads))
+        cas_len, cas_splits, members = [0] * max_bs, [0] * max_bs, []
+        group_indptr, first, prefix_lens, group_splits = [0], [], [], []
+        for rows, n in pieces:
+            k = max(1, min(MAX_CASCADE_SPLITS, by_occupancy, -(-n // 256)))
+            for b in rows:
+                cas_len[b], cas_splits[b] = n, k
+            members += rows
+            group_indptr.append(len(members))
+            first.append(rows[0])
+            prefix_lens.append(n)
+            group_splits.append(k)
+        pad = G - len(pieces)  # 填充组：没有成员、没有前缀 / padding groups: no members, no prefix
+        members += [0] * (max_bs - len(members))
+        packed = (cas_len + cas_splits + members + group_indptr + [group_indptr[-1]] * pad
+                  + first + [0] * pad + prefix_lens + [0] * pad + group_splits + [0] * pad)
+        host = torch.tensor(packed, dtype=torch.int32)
+        # 固定地址的缓冲区，原地写入（锁页内存 + 异步，主机不等）/ in place, pinned + async: the host never waits
+        self.cas_meta.copy_(host.pin_memory() if self.cas_meta.is_cuda else host, non_blocking=True)
+        need = sum(prefix_lens)
+        if self.cas_prefix_indices is None or self.cas_prefix_indices.numel() < need:
+            # 第一次用到时按上限分配（之后地址不变，图里可以用）/ sized to the bound once, then fixed
+            bound = max(need, G * self.req_to_token.shape[1])
+            self.cas_prefix_indices = torch.empty(bound, dtype=torch.int64, device=self.device)
+        return True
+
+    def init_cascade_device(self, fb) -> None:
+        """设备：由 cas_meta 算出前缀/后缀两套 CSR 元数据（可录进 CUDA graph）。
+
+        Device side (capturable): build the prefix lists of every group and each request's suffix
+        list [L, seq_len) from cas_meta; padding groups list nothing.
+        """
+        bs, G = fb.batch_size, self.cascade_max_groups
+        if self.cas_prefix_indices is None:  # 录图时也要一个固定地址 / a fixed address for capture too
+            self.cas_prefix_indices = torch.empty(G * self.req_to_token.shape[1], dtype=torch.int64,
+                                                  device=self.device)
+        cas_len, cas_splits = self._cas_view(0, bs), self._cas_view(1, bs)
+        first = self._cas_view(4).long()
+        prefix_lens = self._cas_view(5)
+        # 每组用第一个成员的行（组内 [0, L) 的槽位都相同）/ each group's prefix from its first member's row
+        self._fill_indices(fb.req_pool_indices[first.clamp(max=bs - 1)], prefix_lens, self.cas_prefix_indptr,
+                           self.cas_prefix_indices)
+        # 后缀：[L, seq_len)；不在组里的请求 L = 0，就是整行 / suffix [L, seq_len); L = 0 outside groups
+        suffix_lens = fb.seq_lens.to(torch.int32) - cas_len
+        self._fill_indices(fb.req_pool_indices, suffix_lens, self.kv_indptr, self.kv_indices, starts=cas_len)
+        self.num_kv_splits[:bs].copy_(get_num_kv_splits(suffix_lens, self.max_kv_splits, self.num_kv_heads))
+        cascade = CascadeMetadata(self._cas_view(3), self._cas_view(2), self.cas_prefix_indptr,
+                                  self.cas_prefix_indices, self._cas_view(6), cas_len, cas_splits)
+        fb.attn_metadata = TritonMetadata(self.kv_indptr[: bs + 1], self.kv_indices,
+                                          num_kv_splits=self.num_kv_splits[:bs], cascade=cascade)
 
     def _fill_indices(self, req_pool_indices, lens, kv_indptr, kv_indices, starts=None) -> None:
         bs = len(req_pool_indices)
@@ -139,58 +244,10 @@ class TritonAttnBackend:
             HAS_START=starts is not None,
         )
 
-    def _init_cascade(self, fb) -> bool:
-        """有共享前缀组的 decode：前缀每组列一份，每个请求只列前缀之后的槽位。
-
-        Decode with shared-prefix groups: one list of prefix slots per group, and for each request
-        only the slots after its prefix. Groups larger than the prefix kernel's BLOCK_M are cut into
-        pieces of max_members (a piece of one keeps its prefix in its own list).
-        """
-        bs, pg = fb.batch_size, fb.prefix_groups
-        max_members = max(2, 64 // (self.num_heads // self.num_kv_heads))  # BLOCK_M ≤ 64 行 / rows
-        members, group_indptr, prefix_lens, first, cas_len = [], [0], [], [], [0] * bs
-        for rows, n in zip(pg.members, pg.prefix_lens):
-            for i in range(0, len(rows), max_members):
-                piece = rows[i : i + max_members]
-                if len(piece) < 2:
-                    continue
-                members += piece
-                group_indptr.append(len(members))
-                prefix_lens.append(n)
-                first.append(piece[0])
-                for b in piece:
-                    cas_len[b] = n
-        n_groups = len(prefix_lens)
-        if n_groups == 0:
-            return False  # 切完只剩单人的块：普通 decode / only pieces of one left: plain decode
-        # 一次主机→设备拷贝 / one host-to-device copy: [cas_len | group_indptr | members | first | prefix_lens]
-        packed = to_device(cas_len + group_indptr + members + first + prefix_lens, torch.int32, self.device)
-        cas_len_d, off = packed[:bs], bs
-        group_indptr_d, off = packed[off : off + n_groups + 1], off + n_groups + 1
-        members_d, off = packed[off : off + len(members)], off + len(members)
-        first_d, off = packed[off : off + n_groups].long(), off + n_groups
-        prefix_lens_d = packed[off : off + n_groups]
-        # 前缀：每组用第一个成员的行（组内 [0, L) 的槽位都相同）/ each group's prefix from its first member's row
-        prefix_indptr = torch.zeros(n_groups + 1, dtype=torch.int32, device=self.device)
-        prefix_indices = torch.empty(max(1, sum(prefix_lens)), dtype=torch.int64, device=self.device)
-        self._fill_indices(fb.req_pool_indices[first_d], prefix_lens_d, prefix_indptr, prefix_indices)
-        # 后缀：[L, seq_len)；不在组里的请求 L = 0，就是整行 / suffix [L, seq_len); L = 0 outside groups
-        suffix_lens = fb.seq_lens.to(torch.int32) - cas_len_d
-        self._fill_indices(fb.req_pool_indices, suffix_lens, self.kv_indptr, self.kv_indices, starts=cas_len_d)
-        self.num_kv_splits[:bs].copy_(get_num_kv_splits(suffix_lens, self.max_kv_splits, self.num_kv_heads))
-        # 前缀切几段：铺满约 2 × SM 个 program，每段至少 256 个 token / fill ~2 × SMs, ≥ 256 tokens a slice
-        num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if fb.seq_lens.is_cuda else 1
-        by_occupancy = -(-2 * num_sms // max(1, n_groups * self.num_kv_heads))
-        num_splits = max(1, min(MAX_CASCADE_SPLITS, by_occupancy, -(-max(prefix_lens) // 256)))
-        cascade = CascadeMetadata(group_indptr_d, members_d, prefix_indptr, prefix_indices, cas_len_d,
-                                  num_splits, max(group_indptr[i + 1] - group_indptr[i] for i in range(n_groups)))
-        fb.attn_metadata = TritonMetadata(self.kv_indptr[: bs + 1], self.kv_indices,
-                                          num_kv_splits=self.num_kv_splits[:bs], cascade=cascade)
-        return True
-
     def init_forward_metadata(self, fb) -> None:
         bs = fb.batch_size
-        if fb.forward_mode.is_decode() and fb.prefix_groups is not None and self._init_cascade(fb):
+        if fb.forward_mode.is_decode() and fb.prefix_groups is not None and self.write_cascade_plan(fb):
+            self.init_cascade_device(fb)
             return
         if fb.forward_mode.is_decode():
             self._fill_indices(fb.req_pool_indices, fb.seq_lens, self.kv_indptr, self.kv_indices)
@@ -220,12 +277,10 @@ class TritonAttnBackend:
             if md.cascade is not None:
                 c = md.cascade
                 # 前缀级先算：每组的共享前缀只读一次 / the prefix level first: each shared prefix read once
-                cas_out = torch.empty(bs, self.num_heads, c.num_splits, self.head_dim, dtype=torch.float32,
-                                      device=q.device)
-                cas_lse = torch.empty(bs, self.num_heads, c.num_splits, dtype=torch.float32, device=q.device)
-                cfg = cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, c.group_indptr, c.members,
-                                         c.prefix_indptr, c.prefix_indices, c.num_splits, c.max_members, scaling)
-                partials = (cas_out, cas_lse, c.cas_len, c.num_splits, cfg["BLOCK_N"])
+                cfg = cascade_prefix_fwd(q, k_buf, v_buf, self.cas_out, self.cas_lse, c.group_indptr, c.members,
+                                         c.prefix_indptr, c.prefix_indices, c.group_splits, MAX_CASCADE_SPLITS,
+                                         self.cascade_max_members, scaling)
+                partials = (self.cas_out, self.cas_lse, c.cas_len, c.cas_splits, cfg["BLOCK_N"])
             decode_attention_fwd(q, k_buf, v_buf, o, md.kv_indptr, md.kv_indices, self.attn_logits[:bs],
                                  self.attn_lse[:bs], md.num_kv_splits, self.max_kv_splits, scaling,
                                  prefix_partials=partials)

@@ -29,7 +29,7 @@
 #   组 g（由 plan_prefix_groups 在主机上找出：同一个 radix 节点、同一前缀长度 L_g 的请求）
 #   group g (found on the host: requests matched to the same radix position, prefix length L_g)
 #
-#   前缀级 grid = (n_groups, Hkv, num_splits)
+#   前缀级 grid = (n_groups, Hkv, max_splits)（多余的 program 立即退出 / spare programs exit at once）
 #     program (g, kvh, s):
 #       Q 行 = 组内每个成员 × 共享 kvh 的 GROUP 个 query 头 → [BLOCK_M, D]（成员 ≤ BLOCK_M / GROUP）
 #       for 前缀第 s 段的每块 BLOCK_N 个 token: qk = Q @ K^T [BLOCK_M, BLOCK_N]；在线 softmax；acc += p @ V
@@ -54,13 +54,17 @@
 #     （普通 decode 的 q 只有 GROUP 行，补齐到 16）。The prefix level is a real matrix multiply.
 #   - 合并仍然精确：softmax 可以任意切段再用 lse 合并（decode_attention.py 文件头的公式）。
 #     The merge is exact: a softmax can be cut anywhere and merged by lse.
-#   - 只在 eager decode 里用：组的个数和形状每步都变，CUDA graph 录不进去；大 batch 时 launch 开销相对很小。
-#     Eager decode only: the groups change every step, so CUDA graphs are skipped for such steps.
+#   - 能录进 CUDA graph：组的数据每步在主机上写进固定缓冲区（TritonAttnBackend.write_cascade_plan），
+#     内核按最大组数、最大段数启动，用不上的 program 直接退出。不录图的话，一步 decode 要在 Python 里
+#     启动几百个 kernel（H200 上 bs 256 约 17 ms，比省下的显存时间还多）。
+#     CUDA-graph friendly: the groups are written into fixed buffers on the host every step, and the
+#     kernels launch for the most groups and slices, spare programs exiting. Eagerly, one decode step
+#     launches hundreds of kernels from Python (~17 ms at bs 256 on an H200), more than it saves.
 #
 # 【使用方式】Usage
 #   cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
-#                      prefix_indices, num_splits, max_members, sm_scale)
-#   decode_attention_fwd(..., prefix_partials=(cas_out, cas_lse, cas_len, num_splits, BLOCK_N))
+#                      prefix_indices, group_splits, max_splits, max_members, sm_scale)
+#   decode_attention_fwd(..., prefix_partials=(cas_out, cas_lse, cas_len, cas_splits, BLOCK_N))
 #
 # 【对应章节】Chapter: docs/zh/08-kv-cache.md
 # ================================================================================
@@ -86,7 +90,7 @@ def _prefix_stage_kernel(
     members,  # [Σ 成员数]：成员在 batch 里的行号 / batch rows of the members
     prefix_indptr,  # [n_groups + 1]：组 g 的前缀槽位是 prefix_indices[prefix_indptr[g] : ...]
     prefix_indices,  # [Σ L_g]
-    num_splits,  # 每组前缀切几段（主机上的整数）/ slices per prefix (a host int)
+    group_splits,  # [n_groups] int32：组 g 的前缀切几段 / slices of group g's prefix
     sm_scale,
     stride_qb,
     stride_qh,
@@ -115,6 +119,7 @@ def _prefix_stage_kernel(
     n_members = tl.load(group_indptr + g + 1) - m_start
     p_start = tl.load(prefix_indptr + g)
     prefix_len = tl.load(prefix_indptr + g + 1) - p_start
+    num_splits = tl.maximum(tl.load(group_splits + g), 1)
 
     # ---- Q 的行：第 r 行 = 成员 r // GROUP 的第 r % GROUP 个头 / row r: member r // GROUP, head r % GROUP ----
     offs_m = tl.arange(0, BLOCK_M)
@@ -132,7 +137,10 @@ def _prefix_stage_kernel(
     split_start = split_len * split_id
     split_end = tl.minimum(split_start + split_len, prefix_len)
 
-    if split_end > split_start:
+    # grid 按最大组数与最大段数启动（CUDA graph 需要固定的 grid），多出来的 program 直接退出；
+    # 填充的组成员数为 0、前缀长度为 0。The grid is sized for the most groups and slices (a CUDA
+    # graph needs a fixed grid); spare programs exit here (padding groups have no members, no prefix).
+    if (split_end > split_start) & (split_id < num_splits) & (n_members > 0):
         q_ptrs = Q + b[:, None] * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
         q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
 
@@ -189,7 +197,8 @@ def cascade_prefix_fwd(
     members: torch.Tensor,
     prefix_indptr: torch.Tensor,
     prefix_indices: torch.Tensor,
-    num_splits: int,
+    group_splits: torch.Tensor,
+    max_splits: int,
     max_members: int,
     sm_scale: float,
     logit_cap: float = 0.0,
@@ -197,10 +206,13 @@ def cascade_prefix_fwd(
 ) -> dict:
     """前缀级：每组的共享前缀只读一次，局部结果写进 cas_out / cas_lse。Returns the config used.
 
-    q: [bs, H, D]；cas_out: [bs, H, ≥num_splits, D] float32；cas_lse: [bs, H, ≥num_splits] float32
+    q: [bs, H, D]；cas_out: [bs, H, ≥max_splits, D] float32；cas_lse: [bs, H, ≥max_splits] float32
     group_indptr / prefix_indptr: [n_groups + 1]；members: 成员的 batch 行 / batch rows of the members
-    max_members: 最大的组有几个成员（决定 BLOCK_M）/ members of the largest group (sets BLOCK_M)
-    之后调用 decode_attention_fwd(..., prefix_partials=(cas_out, cas_lse, cas_len, num_splits, cfg["BLOCK_N"]))。
+    group_splits: [n_groups] int32，每组的段数，都 ≤ max_splits / slices per group, each ≤ max_splits
+    max_members: 一组最多几个成员（决定 BLOCK_M）/ the most members a group may have (sets BLOCK_M)
+    n_groups 可以包含成员为 0 的填充组（CUDA graph 用固定的组数）/ may include empty padding groups.
+    之后调用 decode_attention_fwd(..., prefix_partials=(cas_out, cas_lse, cas_len, cas_splits, cfg["BLOCK_N"]))，
+    cas_splits [bs] 是每个请求所在组的段数（不在组里为 0）/ each request's group's slices (0 outside groups).
     """
     bs, num_heads, head_dim = q.shape
     num_kv_heads = k_buffer.shape[1]
@@ -212,9 +224,9 @@ def cascade_prefix_fwd(
         return cfg
     block_m = max(16, triton.next_power_of_2(max_members * group))
     block_d = max(16, triton.next_power_of_2(head_dim))
-    _prefix_stage_kernel[(n_groups, num_kv_heads, num_splits)](
+    _prefix_stage_kernel[(n_groups, num_kv_heads, max_splits)](
         q, k_buffer, v_buffer, cas_out, cas_lse,
-        group_indptr, members, prefix_indptr, prefix_indices, num_splits, sm_scale,
+        group_indptr, members, prefix_indptr, prefix_indices, group_splits, sm_scale,
         q.stride(0), q.stride(1),
         k_buffer.stride(0), k_buffer.stride(1),
         v_buffer.stride(0), v_buffer.stride(1),

@@ -316,7 +316,7 @@ def _decode_stage2_kernel(
     Cas_Out,  # [bs, H, cas_splits, D] float32：共享前缀各段（cascade_attention.py）/ shared-prefix slices
     Cas_Lse,  # [bs, H, cas_splits] float32
     cas_len,  # [bs] int32：共享前缀长度，0 = 不是 cascade 成员 / shared prefix length, 0 = none
-    cas_splits,  # 前缀切了几段（主机整数）/ slices per prefix (host int)
+    cas_splits,  # [bs] int32：本请求所在组的前缀切了几段 / slices of this request's group prefix
     stride_cb,
     stride_ch,
     stride_cs,
@@ -368,12 +368,13 @@ def _decode_stage2_kernel(
         # 共享前缀的局部结果（cascade_attention.py）按同一个公式并进来：它们只是“另外几段”。
         # The shared-prefix partials (cascade_attention.py) merge by the same formula: just more slices.
         prefix_len = tl.load(cas_len + cur_batch)
-        c_len = tl.cdiv(prefix_len, cas_splits)
+        n_cas = tl.maximum(tl.load(cas_splits + cur_batch), 1)
+        c_len = tl.cdiv(prefix_len, n_cas)
         c_len = tl.cdiv(c_len, CAS_BLOCK_N) * CAS_BLOCK_N
         base_c = Cas_Out + cur_batch * stride_cb + cur_head * stride_ch
         base_cl = Cas_Lse + cur_batch * stride_clb + cur_head * stride_clh
-        for split_id in range(0, cas_splits):
-            if split_id * c_len < prefix_len:  # 空段前缀级没写 / empty slices were never written
+        for split_id in range(0, n_cas):
+            if split_id * c_len < prefix_len:  # prefix_len = 0（不在组里）时一段也没有 / none outside groups  # 空段前缀级没写 / empty slices were never written
                 part = tl.load(base_c + split_id * stride_cs + offs_d, mask=mask_d, other=0.0)
                 lse = tl.load(base_cl + split_id)
                 m_new = tl.maximum(lse, e_max)
@@ -439,7 +440,7 @@ def decode_attention_fwd(
     attn_logits: [bs, H, ≥max_kv_splits, D] float32，attn_lse: [bs, H, ≥max_kv_splits] float32（工作区 / workspace）
     num_kv_splits: [bs] int32，每个值在 [1, max_kv_splits] / each in [1, max_kv_splits]
     config: 可选，覆盖 BLOCK_N / num_warps / num_stages（基准扫参用）/ optional override for tuning
-    prefix_partials: 可选 (cas_out, cas_lse, cas_len, cas_splits, cas_block_n)：cascade_prefix_fwd 已算好的
+    prefix_partials: 可选 (cas_out, cas_lse, cas_len [bs], cas_splits [bs], cas_block_n)：cascade_prefix_fwd 已算好的
         共享前缀部分；此时 kv_indptr/kv_indices 只列每个请求前缀之后的槽位，stage 2 把两部分合并。
         Optional shared-prefix partials from cascade_prefix_fwd; kv_indptr/kv_indices then list only
         the slots after each request's shared prefix, and stage 2 merges both.
@@ -485,7 +486,7 @@ def decode_attention_fwd(
     if prefix_partials is not None:
         cas_out, cas_lse, cas_len, cas_splits, cas_block_n = prefix_partials
     else:  # 占位指针，HAS_CASCADE=False 时内核不读 / placeholders, never read without cascade
-        cas_out, cas_lse, cas_len, cas_splits, cas_block_n = attn_logits, attn_lse, num_kv_splits, 1, 16
+        cas_out, cas_lse, cas_len, cas_splits, cas_block_n = attn_logits, attn_lse, num_kv_splits, num_kv_splits, 16
     grid2 = (bs, num_heads)
     _decode_stage2_kernel[grid2](
         attn_logits, attn_lse, o, kv_indptr, num_kv_splits,
