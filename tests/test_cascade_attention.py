@@ -175,3 +175,55 @@ def test_cascade_cuda_graph_equals_plain(checkpoint, monkeypatch):
         engine.shutdown()
     assert any(written), "the cascade graphs were never replayed"
     assert outs["cascade"] == outs["plain"]
+
+
+def test_backend_plan_cuts_pads_and_builds_lists():
+    """主机写的 cas_meta 与设备建的前缀/后缀槽位列表，逐项对照手算。
+
+    The host half (write_cascade_plan: pieces of ≤ cascade_max_members, padding groups) and the
+    device half (init_cascade_device: one prefix list per piece, each request's suffix list)."""
+    from types import SimpleNamespace
+
+    from minisgl.runner.attention.triton_backend import TritonAttnBackend
+    from minisgl.runner.forward_batch import ForwardBatch, ForwardMode, PrefixGroups
+
+    bs, ctx, L = 24, 64, 10
+    req_to_token = torch.zeros(bs + 1, ctx, dtype=torch.int32)
+    pool = SimpleNamespace(req_to_token=req_to_token, size=bs + 1)
+    mr = SimpleNamespace(model_config=SimpleNamespace(head_dim=16), device="cpu", num_heads=8, num_kv_heads=1,
+                         req_to_token_pool=pool)
+    be = TritonAttnBackend(mr)
+    assert be.cascade_max_members == 8  # GROUP 8 → 64 // 8 个成员 / members per piece
+    # 请求 i 用第 i+1 行；前 19 个共享同一段前缀（槽位 1000..1009），后面各自不同。
+    # Request i uses row i + 1; the first 19 share one prefix (slots 1000..1009), the others own theirs.
+    seq = [L + 3 + (i % 5) for i in range(bs)]
+    for i in range(bs):
+        req_to_token[i + 1, :seq[i]] = torch.arange(seq[i], dtype=torch.int32) + 100 * (i + 20)
+        if i < 19:
+            req_to_token[i + 1, :L] = torch.arange(1000, 1000 + L, dtype=torch.int32)
+    fb = ForwardBatch(ForwardMode.DECODE, bs, torch.zeros(bs, dtype=torch.int64), torch.zeros(bs, dtype=torch.int64),
+                      torch.zeros(bs, dtype=torch.int64), torch.arange(1, bs + 1), torch.tensor(seq), seq,
+                      [s - 1 for s in seq], [1] * bs)
+    fb.prefix_groups = PrefixGroups([list(range(19)), [19]], [L, L])  # 单人组不会成块 / a lone member is no piece
+    assert be.write_cascade_plan(fb)
+    m, G = be.cas_meta, be.cascade_max_groups
+    cas_len, cas_splits = be._cas_view(0, bs).tolist(), be._cas_view(1, bs).tolist()
+    group_indptr = be._cas_view(3).tolist()
+    assert cas_len == [L] * 19 + [0] * 5 and all(k >= 1 for k in cas_splits[:19]) and cas_splits[19:] == [0] * 5
+    # 19 人切成 8 + 8 + 3，其余 G − 3 个是空的填充组 / 19 members cut into 8 + 8 + 3, then empty padding groups
+    assert group_indptr[:4] == [0, 8, 16, 19] and group_indptr[4:] == [19] * (G - 3) and len(group_indptr) == G + 1
+    assert be._cas_view(2, 19).tolist() == list(range(19))
+    assert be._cas_view(5).tolist() == [L, L, L] + [0] * (G - 3)
+    be.init_cascade_device(fb)
+    md = fb.attn_metadata
+    pre_ptr = md.cascade.prefix_indptr.tolist()
+    assert pre_ptr[:4] == [0, L, 2 * L, 3 * L] and pre_ptr[-1] == 3 * L  # 每块一份前缀 / one prefix per piece
+    assert md.cascade.prefix_indices[: 3 * L].tolist() == list(range(1000, 1000 + L)) * 3
+    kv_ptr = md.kv_indptr.tolist()
+    for i in range(bs):
+        start = L if i < 19 else 0  # 组员只列后缀 / members list only their suffix
+        got = md.kv_indices[kv_ptr[i] : kv_ptr[i + 1]].tolist()
+        assert got == req_to_token[i + 1, start:seq[i]].tolist(), i
+    # 只剩单人时不用 cascade / only singletons: plain decode
+    fb.prefix_groups = PrefixGroups([[0], [5]], [L, L])
+    assert not be.write_cascade_plan(fb)
