@@ -134,15 +134,28 @@ class RadixCache:
         return key[0] if self.page_size == 1 else tuple(key[: self.page_size])
 
     def _match_len(self, a: Sequence[int], b: Sequence[int]) -> int:
-        """a、b 的公共前缀长度，按页向下取整。Common prefix length, rounded down to whole pages."""
-        n = 0
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            n += 1
-        return n // self.page_size * self.page_size
+        """a、b 的公共前缀长度，按页向下取整。Common prefix length, rounded down to whole pages.
+
+        二分查找第一个不同的位置：每次比较一段切片（列表比较在 C 里做），总共约 2·len 次元素比较，
+        而逐个 token 的 Python 循环要慢几十倍——lpm 每步要对整个等待队列做 match_prefix，这里是热点。
+        Binary search for the first mismatch, comparing slices (list equality runs in C): about
+        2·len element comparisons in all, tens of times faster than a per-token Python loop; lpm runs
+        match_prefix over the whole waiting queue each round, so this is hot.
+        """
+        lo, hi = 0, min(len(a), len(b))  # 不变式 / invariant: a[:lo] == b[:lo]，第一个不同处 ≤ hi
+        if list(a[:hi]) == list(b[:hi]):
+            lo = hi
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if list(a[lo:mid]) == list(b[lo:mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo // self.page_size * self.page_size
 
     def _page_aligned(self, key: Sequence[int]) -> List[int]:
+        if self.page_size == 1 and isinstance(key, list):
+            return key  # 不复制：调用者只切片、不修改 / no copy: callers slice, never mutate
         return list(key[: len(key) // self.page_size * self.page_size])
 
     def match_prefix(self, key: Sequence[int], namespace: Optional[str] = None) -> Tuple[torch.Tensor, TreeNode]:

@@ -74,7 +74,8 @@ from minisgl.runner.forward_batch import ForwardBatch, ForwardMode, plan_prefix_
 from minisgl.sampling.logprobs import check_logprob_args, gather_logprobs, select_logprob_rows
 from minisgl.sampling.sampler import Sampler
 from minisgl.scheduler.schedule_batch import FINISH_ABORT, Req
-from minisgl.scheduler.schedule_policy import AddReqResult, PrefillAdder, SchedulePolicy
+from minisgl.scheduler.schedule_policy import (AddReqResult, PrefillAdder, SchedulePolicy, prompt_head,
+                                               wait_for_shared_prefix)
 from minisgl.server_args import ServerArgs
 from minisgl.utils import to_device
 
@@ -462,14 +463,20 @@ class Scheduler:
         """按策略与预算选出本轮 prefill 的请求。Choose this round's prefill requests."""
         if not self.waiting_queue and self.chunked_req is None:
             return None
+        if self.chunked_req is None and len(self.running_reqs) >= self.max_running_requests:
+            # 满员时谁也接不进来：连排序（lpm 要对整个队列查树）都省掉。Full: skip even the sort.
+            return None
         args = self.server_args
         adder = PrefillAdder(
             self.tree_cache, self.token_to_kv_pool_allocator, self.running_reqs, self.new_token_ratio,
             args.max_prefill_tokens, args.chunked_prefill_size, self.page_size,
         )
-        if self.chunked_req is not None:
-            adder.add_chunked_req(self.chunked_req)
-        self.policy.calc_priority(self.waiting_queue)
+        chunked = self.chunked_req
+        if chunked is not None:
+            adder.add_chunked_req(chunked)
+        lpm = self.policy.calc_priority(self.waiting_queue) == "lpm"
+        # 本轮已接纳请求的开头（lpm 的批内去重用）/ heads of this round's admissions (lpm's in-batch dedup)
+        heads = {prompt_head(chunked)} if chunked is not None else set()
         loras = {r.lora_id for r in self.running_reqs + adder.can_run_list} - {None}
         for req in self.waiting_queue:
             if len(self.running_reqs) + len(adder.can_run_list) >= self.max_running_requests:
@@ -477,6 +484,9 @@ class Scheduler:
             if req.lora_id is not None and req.lora_id not in loras and len(loras) >= self.max_loras_per_batch:
                 continue  # 适配器槽位已满：先等着，让后面的请求先进（同 SGLang）/ no free adapter slot: wait
             req.init_next_round_input(self.tree_cache)
+            if lpm and wait_for_shared_prefix(req, chunked, heads):
+                continue  # 下一轮它能命中更长的前缀 / next round it will match a longer prefix
+            heads.add(prompt_head(req))
             if adder.add_one_req(req) != AddReqResult.CONTINUE:
                 break
             loras |= {req.lora_id} - {None}
