@@ -17,6 +17,7 @@
 #   bench_decode()          bs × seq 网格 → triton decode (auto splits) vs gather + SDPA
 #   bench_splits()          小批量 (bs 1/8/32) 时 split 数的作用 / split-KV at small batch
 #   bench_shared_prefix()   16 组 × 16 个请求共用前缀：L2 复用了多少 / how much L2 reuse a shared prefix gets
+#   bench_mixed()           长短不一的批 [100, 2048]：段数策略 × 内核配置 / mixed lengths: split policy x config
 #   bench_extend()          1k 新 token，前缀 0 / 1k → triton extend vs SDPA (dense, 不分页)
 #   --tune                  扫 BLOCK / num_warps / num_stages / splits，打印最好的配置
 #
@@ -245,6 +246,90 @@ def bench_shared_prefix(copy_gbs: float, rows: list):
                          gbs_real=moved / ms / 1e6, rel_err=err))
 
 
+def make_mixed_decode(bs: int, lo: int = 100, hi: int = 2048, seed: int = 0):
+    """长短不一的 decode 批（像 offline_throughput 跑到一半：prompt + 已生成，约在 [100, 2048]），页大小 1。
+
+    A decode batch of mixed lengths (offline_throughput mid-run: prompt + output so far, about
+    [100, 2048]), page size 1: every token's slot random, as in the engine's default pool.
+    """
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(lo, hi + 1, (bs,), generator=g).to(torch.int32)
+    total = int(lens.sum())
+    k_buf = torch.randn(total + 1, HKV, D, dtype=DTYPE, device="cuda")
+    v_buf = torch.randn(total + 1, HKV, D, dtype=DTYPE, device="cuda")
+    q = torch.randn(bs, H, D, dtype=DTYPE, device="cuda")
+    kv_indices = (torch.randperm(total, device="cuda") + 1).to(torch.int32)
+    kv_indptr = torch.zeros(bs + 1, dtype=torch.int32, device="cuda")
+    kv_indptr[1:] = torch.cumsum(lens.cuda(), 0)
+    return q, k_buf, v_buf, kv_indptr, kv_indices, lens.cuda()
+
+
+def split_policy(seq_lens: torch.Tensor, name: str) -> torch.Tensor:
+    """扫参用的段数策略。Split-count policies for the sweep.
+
+    auto      get_num_kv_splits（引擎现在用的）/ what the engine uses
+    len-T     每段至多 T 个 token，不看占用率 / at most T tokens per split, whatever the batch size
+    """
+    if name == "auto":
+        return get_num_kv_splits(seq_lens, MAX_KV_SPLITS, num_kv_heads=HKV)
+    t = int(name.split("-")[1])
+    return ((seq_lens.long() + t - 1) // t).clamp(1, MAX_KV_SPLITS).to(torch.int32)
+
+
+def bench_mixed(copy_gbs: float, rows: list):
+    """长短不一的批：段数策略 × 内核配置。Mixed lengths: split policy x kernel config (ms; best first)."""
+    print("\n## decode, mixed lengths in [100, 2048], page 1 (offline_throughput's batches): "
+          "split policy x config")
+    policies = ("auto", "len-256", "len-512", "len-1024")
+    configs = [dict(BLOCK_N=bn, num_warps=nw, num_stages=st)
+               for bn, nw, st in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4))]
+    for bs in (256, 128, 48, 16):
+        batch = make_mixed_decode(bs)
+        q, k_buf, v_buf, kv_indptr, kv_indices, seq_lens = batch
+        nbytes = int(seq_lens.sum()) * (HKV * D * 2 * DTYPE.itemsize + 4)
+        o_ref = sdpa_mixed_reference(batch)
+        results = []
+        for pol, cfg in itertools.product(policies, configs):
+            ns = split_policy(seq_lens, pol)
+            o = torch.empty_like(q)
+            logits = torch.empty(bs, H, MAX_KV_SPLITS, D, dtype=torch.float32, device="cuda")
+            lse = torch.empty(bs, H, MAX_KV_SPLITS, dtype=torch.float32, device="cuda")
+
+            def fn():
+                decode_attention_fwd(q, k_buf, v_buf, o, kv_indptr, kv_indices, logits, lse, ns, MAX_KV_SPLITS,
+                                     D**-0.5, config=cfg)
+            try:
+                fn()
+                err = ((o.float() - o_ref).norm() / o_ref.norm()).item()
+                results.append((bench_ms(fn), pol, cfg, err))
+            except Exception as e:  # 共享内存不够等 / e.g. out of shared memory
+                results.append((float("inf"), pol, cfg, repr(e)[:60]))
+        results.sort(key=lambda r: r[0])
+        default = next(r for r in results if r[1] == "auto" and r[2] == dict(BLOCK_N=128, num_warps=4, num_stages=3))
+        for ms, pol, cfg, err in results[:6] + [default]:
+            print(f"  bs {bs:>3} {ms:8.4f} ms {nbytes / ms / 1e6:6.0f} GB/s ({100 * nbytes / ms / 1e6 / copy_gbs:4.1f}%)"
+                  f"  {pol:9s} {cfg}  err {err}" + ("   <- current default" if (pol, cfg) == default[1:3] else ""))
+        for pol in policies:  # 每个策略的最好配置 / the best config of each policy
+            best = next(r for r in results if r[1] == pol)
+            print(f"      best of {pol:9s} {best[0]:8.4f} ms  {best[2]}")
+        rows.append(dict(kind="mixed_decode", bs=bs, bytes=nbytes,
+                         results=[(r[0], r[1], r[2], str(r[3])) for r in results]))
+        del batch
+        torch.cuda.empty_cache()
+
+
+def sdpa_mixed_reference(batch) -> torch.Tensor:
+    """逐请求的 SDPA（float32）作参照。Per-request float32 SDPA as the reference."""
+    q, k_buf, v_buf, kv_indptr, kv_indices, seq_lens = batch
+    out = []
+    for b in range(q.shape[0]):
+        idx = kv_indices[kv_indptr[b]:kv_indptr[b + 1]].long()
+        k = k_buf[idx].float().transpose(0, 1)  # [Hkv, L, D]
+        v = v_buf[idx].float().transpose(0, 1)
+        out.append(F.scaled_dot_product_attention(q[b].float().unsqueeze(1), k, v, enable_gqa=True).squeeze(1))
+    return torch.stack(out)
+
+
 # ======== extend ========
 
 
@@ -388,7 +473,7 @@ def main():
     ap.add_argument("--tune", action="store_true", help="also sweep block sizes / warps / stages / splits")
     ap.add_argument("--json", default=None, help="write all numbers to this file")
     ap.add_argument("--sections", default="decode,splits,extend,shared",
-                    help="逗号分隔 / comma-separated: decode, splits, extend, shared")
+                    help="逗号分隔 / comma-separated: decode, splits, extend, shared, mixed")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     assert torch.cuda.is_available(), "needs a CUDA GPU"
@@ -403,6 +488,8 @@ def main():
         bench_splits(copy_gbs, rows)
     if "shared" in sections:
         bench_shared_prefix(copy_gbs, rows)
+    if "mixed" in sections:
+        bench_mixed(copy_gbs, rows)
     if "extend" in sections:
         bench_extend(rows)
     if args.tune:

@@ -25,6 +25,9 @@ Prefix-cache benchmark: radix cache on / off and lpm / fcfs, on a shared-prefix 
     hit rate   = Σ cached_tokens / Σ prompt_tokens（每个请求的 meta_info）
     throughput = (Σ prompt_tokens + Σ completion_tokens) / 墙钟时间；输出 token/s、请求/s 也记下
     speedup    = radix+lpm 的吞吐 ÷ no-radix 的吞吐 / throughput of radix+lpm over no-radix
+    reqs/prefix = decode 批里平均每段共享前缀有几个请求（lpm 把一组聚在一起，cascade 注意力每组只读一次前缀）
+                  requests per shared prefix in the decode batches (lpm keeps a group together; cascade
+                  attention reads a prefix once per group)
 
 【为什么共用一个 ModelRunner】Why one ModelRunner for all configurations
   权重与 KV 池在 ModelRunner 里，前缀缓存与调度策略在 Scheduler 里。每个配置清空池子、换一个新的
@@ -85,7 +88,23 @@ class InProcessRunner:
         args = dataclasses.replace(self.base_args, **overrides)
         args.check()
         self.engine.server_args = args
-        self.engine.scheduler = Scheduler(args, model_runner=old.model_runner, tokenizer=self.engine.tokenizer)
+        self.engine.scheduler = sch = Scheduler(args, model_runner=old.model_runner, tokenizer=self.engine.tokenizer)
+        # 数一数 decode 批里每段共享前缀有几个请求（cascade 注意力每组只读一次前缀，组越大省得越多）。
+        # Count requests per shared prefix in the decode batches (cascade reads a prefix once per group).
+        self.sharing = {"members": 0, "prefixes": 0}
+        prepare = sch._prepare_decode
+
+        def counting_prepare(reqs):
+            keys = [r.shared_prefix for r in reqs if r.shared_prefix is not None]
+            self.sharing["members"] += len(keys)
+            self.sharing["prefixes"] += len(set(keys))
+            return prepare(reqs)
+
+        sch._prepare_decode = counting_prepare
+
+    def requests_per_prefix(self) -> Optional[float]:
+        s = self.sharing
+        return round(s["members"] / s["prefixes"], 2) if s["prefixes"] else None
 
     def generate(self, prompts: List[List[int]], params: List[dict]) -> List[dict]:
         return self.engine.generate(input_ids=prompts, sampling_params=params)
@@ -130,6 +149,9 @@ class ServerRunner:
 
     def forward_steps(self) -> Optional[int]:
         return self.engine.get_server_info().get("forward_ct")
+
+    def requests_per_prefix(self) -> Optional[float]:
+        return None  # 调度器在另一个进程里 / the scheduler lives in another process
 
     def close(self) -> None:
         if self.engine is not None:
@@ -194,6 +216,8 @@ def measure(runner, workload: str, a) -> Dict[str, Any]:
         "output_throughput": round(completion / elapsed, 1),
         "request_throughput": round(len(metas) / elapsed, 3),
         "forward_steps": None if steps0 is None or steps1 is None else steps1 - steps0,
+        # decode 批里平均每段共享前缀的请求数（只有进程内能数）/ requests per shared prefix in decode batches
+        "requests_per_prefix": runner.requests_per_prefix(),
     }
 
 
@@ -279,7 +303,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     runner.configure(CONFIGS[cfg])  # 每个负载从空缓存开始 / every workload starts cold
                 results[w][cfg] = r = measure(runner, w, a)
                 print(f"{w:<14} {cfg:<11} hit {r['hit_rate']:6.1%}  {r['total_throughput']:>10.1f} tok/s  "
-                      f"{r['elapsed_s']:>8.2f} s  steps {r['forward_steps']}", flush=True)
+                      f"{r['elapsed_s']:>8.2f} s  steps {r['forward_steps']}  "
+                      f"reqs/prefix {r['requests_per_prefix']}", flush=True)
     finally:
         runner.close()
 
