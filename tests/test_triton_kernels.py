@@ -249,9 +249,14 @@ def test_get_num_kv_splits():
     s = dec_mod.get_num_kv_splits(seq_lens, max_kv_splits=8, num_kv_heads=1, num_sms=132)
     assert s.dtype == torch.int32 and s.device == seq_lens.device
     assert s.tolist() == [1, 1, 1, 2, 8, 8]
-    # 批很大时已能铺满 GPU，不再切 / a big batch already fills the GPU: no split
-    big = torch.full((512,), 4096, device=DEVICE)
-    assert dec_mod.get_num_kv_splits(big, 8, num_kv_heads=8, num_sms=132).max().item() == 1
+    # 批很大时已能铺满 GPU：不再为占用率切，只为均衡切成 ≤ 512 token 的段（夹在 max_kv_splits 以内）。
+    # A big batch already fills the GPU: splits only for balance, slices of <= 512 tokens (within max_kv_splits).
+    big = torch.tensor([1, 100, 512, 513, 1500, 4096, 100000] * 10, device=DEVICE)
+    assert not dec_mod.fills_gpu(32, 8, 132) and dec_mod.fills_gpu(33, 8, 132)
+    s_big = dec_mod.get_num_kv_splits(big, 8, num_kv_heads=8, num_sms=132)
+    assert s_big.dtype == torch.int32 and s_big[:7].tolist() == [1, 1, 1, 2, 3, 8, 8]
+    assert dec_mod.get_num_kv_splits(big, 8, num_kv_heads=8, num_sms=132, balance_tokens=2048)[:7].tolist() == \
+        [1, 1, 1, 1, 1, 2, 8]
 
 
 # ======== 只在 GPU 上跑的大形状 / Larger shapes, GPU only ========

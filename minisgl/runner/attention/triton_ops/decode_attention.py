@@ -37,8 +37,10 @@
 #   Stage 2  grid = (bs, num_heads) —— 每个 program 合并一个 (请求, query 头) 的所有段 → o[b, h, :]
 #
 # 【工作流程】Workflow
-#   1. get_num_kv_splits(seq_lens, max_kv_splits)：在 GPU 上（不同步主机）为每个请求选段数。
-#      Pick the number of splits per request on the device (no host sync).
+#   1. get_num_kv_splits(seq_lens, max_kv_splits)：在 GPU 上（不同步主机）为每个请求选段数：
+#      小批量为占满 GPU 而切，大批量为均衡而切（每段 ≤ 512 token，长短不一的批里没有谁拖尾）。
+#      Pick the number of splits per request on the device (no host sync): to fill the GPU at
+#      small batch, for balance at large batch (slices of <= 512 tokens, so no long request lags).
 #   2. _decode_stage1_kernel：每段做在线 softmax（online softmax），写局部输出和 lse。
 #      Each slice runs an online softmax and writes its partial output and lse.
 #   3. _decode_stage2_kernel：按 log-sum-exp 合并各段，写 o。
@@ -128,34 +130,50 @@ def _num_sms(device_index: int) -> int:
 # ======== 段数选择 / Choosing the number of splits ========
 
 
+def fills_gpu(bs: int, num_kv_heads: int, num_sms: int) -> bool:
+    """bs × Hkv 个 (请求, KV 头) 已能铺满约 2 × SM 数？Do bs x Hkv programs already cover ~2x the SMs?"""
+    return bs * num_kv_heads >= 2 * num_sms
+
+
 def get_num_kv_splits(
     seq_lens: torch.Tensor,
     max_kv_splits: int,
     num_kv_heads: int = 8,
     min_tokens_per_split: int = 256,
     num_sms: Optional[int] = None,
+    balance_tokens: int = 512,
 ) -> torch.Tensor:
     """为每个请求选 KV 段数（全在设备上算，无主机同步，可被 CUDA graph 录制）。
     Choose the number of KV splits per request, on the device (no host sync; CUDA-graph safe).
 
     【工作流程】Workflow
-      1. 按长度：每段至少 min_tokens_per_split 个 token，短序列不值得切。
-         By length: each split gets at least min_tokens_per_split tokens.
-      2. 按占用率：stage 1 共有 bs × Hkv × splits 个 program；bs × Hkv 已经能铺满
-         约 2 × SM 数时就不再切（切多了只会多写局部结果）。bs 是主机上已知的整数，不需同步。
-         By occupancy: stop splitting once bs × Hkv programs already cover ~2 × the SMs.
-      3. 取两者较小值，夹在 [1, max_kv_splits]。Clamp to [1, max_kv_splits].
+      小批量（bs × Hkv 铺不满约 2 × SM 数）：为了占满 GPU 而切。
+        每段至少 min_tokens_per_split 个 token（短序列不值得切），段数不超过铺满所需的份数。
+        Small batch: split to fill the GPU, at least min_tokens_per_split tokens per split and no more
+        splits than filling the GPU needs.
+      大批量（已经铺满）：为了**均衡**而切。长短不一的批里，一个 2k token 的请求是一个 100 token 请求的 20 倍活，
+        最后一波 program 要等它；把每个请求切成至多 balance_tokens 个 token 的段，每个 program 的活差不多大，
+        GPU 上就没有谁在等最后一个长 program。H200 上实测（bench/kernels.py --sections mixed，长度 [100, 2048]）：
+        bs 256 0.312 → 0.289 ms/层，bs 48 0.108 → 0.078 ms/层（连同下面 _decode_config 的小块配置）。
+        Large batch (already full): split for **balance**. In a mixed batch a 2k-token request is 20x the
+        work of a 100-token one and the last wave of programs waits for it; cutting every request into
+        pieces of at most balance_tokens makes the programs about equal. Measured on an H200 (bench/kernels.py
+        --sections mixed, lengths in [100, 2048]): bs 256 0.312 → 0.289 ms per layer, bs 48 0.108 → 0.078
+        (together with the small-block config of _decode_config).
+      两种情况都夹在 [1, max_kv_splits]。Both are clamped to [1, max_kv_splits].
 
     seq_lens: [bs] int（每个请求的 KV 长度 / KV length per request）→ [bs] int32
     """
     bs = seq_lens.shape[0]
     if num_sms is None:
         num_sms = _num_sms(seq_lens.device.index or 0) if seq_lens.is_cuda else 1
+    lens = seq_lens.to(torch.int64)
+    if fills_gpu(bs, num_kv_heads, num_sms):  # bs 是主机上已知的整数，不需同步 / bs is a host int: no sync
+        return ((lens + balance_tokens - 1) // balance_tokens).clamp(min=1, max=max_kv_splits).to(torch.int32)
     # 主机端整数：铺满 GPU 还需要每个 (请求, KV 头) 切几段 / host int: splits needed to fill the GPU
     want_for_occupancy = max(1, math.ceil(2 * num_sms / max(1, bs * num_kv_heads)))
     upper = max(1, min(max_kv_splits, want_for_occupancy))
-    # 设备端：按长度的段数 / on device: splits by length
-    by_len = (seq_lens.to(torch.int64) + min_tokens_per_split - 1) // min_tokens_per_split
+    by_len = (lens + min_tokens_per_split - 1) // min_tokens_per_split  # 设备端 / on device
     return by_len.clamp(min=1, max=upper).to(torch.int32)
 
 
@@ -395,19 +413,25 @@ def _decode_stage2_kernel(
 # ======== 启动参数 / Launch configuration ========
 
 
-def _decode_config(q: torch.Tensor, head_dim: int) -> dict:
+def _decode_config(q: torch.Tensor, head_dim: int, num_kv_heads: int) -> dict:
     """块大小和 warp 数。Block sizes and warps.
 
     解释器里用小块，让很短的序列也能走过多个块（测试到在线 softmax 的重缩放）。
-    GPU：在 H100 上用 bench/kernels.py --tune 扫过（D=128, bf16, bs 64/256, seq 2k/4k）：
-    BLOCK_N=128、4 warps、3 stages 最快（bs 256 × 4k：1.44 ms ≈ 拷贝带宽的 98%；
-    原先的 64/4/2 是 1.72 ms）。共享内存 = stages × 2 × BLOCK_N × D × 2 B = 192 KB，
-    所以只在 Hopper（228 KB）且 D ≤ 128 时用，其余退回小一些的配置。
-    Small blocks under the interpreter. On the GPU, the H100 sweep picked BLOCK_N=128,
-    4 warps, 3 stages (192 KB of shared memory, so Hopper and D ≤ 128 only).
+    GPU 上按批大小分两种（H200 上 bench/kernels.py --sections mixed 扫过 BLOCK_N 32/64/128 × warps 2/4/8 × stages 2/3/4）：
+      - 大批量（fills_gpu）：BLOCK_N=64、2 warps、2 stages。共享内存 2 × 2 × 64 × 128 × 2 B = 64 KB，一个 SM 能同时放 3 个
+        program：一个 program 在收尾（写结果、等最后一块）时，别的 program 还在读显存。段被切成 ≤ 512 token 之后，
+        program 多而短，这一点最要紧。
+      - 小批量：BLOCK_N=128、4 warps、3 stages（H100 上扫出来的；192 KB，只在 Hopper 且 D ≤ 128 时用）：program 少，
+        每个都要尽量深地预取。
+    Small blocks under the interpreter. On the GPU two configs by batch size (H200 sweep, bench/kernels.py
+    --sections mixed): large batches use BLOCK_N=64, 2 warps, 2 stages (64 KB of shared memory, three programs
+    per SM, so one program's epilogue overlaps another's loads: what matters once slices are <= 512 tokens);
+    small batches keep BLOCK_N=128, 4 warps, 3 stages (192 KB: Hopper and D <= 128 only), few deep programs.
     """
     if _on_interpreter(q):
         return dict(BLOCK_N=16, num_warps=1, num_stages=1)
+    if fills_gpu(q.shape[0], num_kv_heads, _num_sms(q.device.index or 0)):
+        return dict(BLOCK_N=64, num_warps=2, num_stages=2)
     if torch.cuda.get_device_capability(q.device)[0] >= 9 and head_dim <= 128:
         return dict(BLOCK_N=128, num_warps=4, num_stages=3)
     return dict(BLOCK_N=64, num_warps=4, num_stages=2)
@@ -462,7 +486,7 @@ def decode_attention_fwd(
         return o
 
     group = num_heads // num_kv_heads
-    cfg = dict(_decode_config(q, head_dim))
+    cfg = dict(_decode_config(q, head_dim, num_kv_heads))
     cfg.update(config or {})
     block_h = max(16, triton.next_power_of_2(group))  # tl.dot 每维至少 16 / ≥16 for tl.dot
     block_d = max(16, triton.next_power_of_2(head_dim))
