@@ -57,6 +57,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # 同目录的 serving.py / the sibling serving.py
 
+from offline_throughput import _record_steps, summarize_steps  # noqa: E402
 from serving import random_ids, sample_shared_prefix  # noqa: E402
 
 CONFIGS = {
@@ -76,6 +77,7 @@ class InProcessRunner:
         from minisgl import Engine
 
         self.engine = Engine(model_path, **engine_kw)
+        self.timeline = False  # --timeline：每次发射记一行 / one row per launched batch
         self.base_args = self.engine.server_args
         self.vocab_size = self.engine.model_config.vocab_size
         self.device = self.base_args.device
@@ -101,6 +103,18 @@ class InProcessRunner:
             return prepare(reqs)
 
         sch._prepare_decode = counting_prepare
+        self.steps = _record_steps(sch) if self.timeline else None
+
+    def timeline_summary(self) -> Optional[dict]:
+        """按模式、batch 大小分档的时间（offline_throughput 的 --timeline）。Time per mode and batch size."""
+        if self.steps is None:
+            return None
+        from minisgl.mem_cache.memory_pool import TokenToKVPool
+
+        cfg, runner = self.engine.model_config, self.engine.scheduler.model_runner
+        kv_bpt = TokenToKVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, runner.dtype)
+        rows = self.steps + [(time.perf_counter(), "END", 0, 0)]
+        return summarize_steps(rows, kv_bpt)
 
     def requests_per_prefix(self) -> Optional[float]:
         s = self.sharing
@@ -152,6 +166,9 @@ class ServerRunner:
 
     def requests_per_prefix(self) -> Optional[float]:
         return None  # 调度器在另一个进程里 / the scheduler lives in another process
+
+    def timeline_summary(self) -> Optional[dict]:
+        return None
 
     def close(self) -> None:
         if self.engine is not None:
@@ -218,6 +235,7 @@ def measure(runner, workload: str, a) -> Dict[str, Any]:
         "forward_steps": None if steps0 is None or steps1 is None else steps1 - steps0,
         # decode 批里平均每段共享前缀的请求数（只有进程内能数）/ requests per shared prefix in decode batches
         "requests_per_prefix": runner.requests_per_prefix(),
+        **({"timeline": tl} if (tl := runner.timeline_summary()) else {}),
     }
 
 
@@ -266,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decode 时每个请求各读一遍共享前缀（对照）/ read shared prefixes per request, for comparison")
     ap.add_argument("--quick", action="store_true", help="CPU 冒烟测试的小规模 / tiny sizes for a CPU smoke test")
     ap.add_argument("--json", help="把结果写成 JSON / write results as JSON")
+    ap.add_argument("--timeline", action="store_true",
+                    help="按模式与 batch 大小记时间（只限进程内）/ time per mode and batch size (in-process only)")
     return ap
 
 
@@ -292,6 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             build_parser().error(f"unknown workload or configuration {name!r}")
 
     runner = (ServerRunner if a.server else InProcessRunner)(a.model_path, engine_kw)
+    runner.timeline = a.timeline
     device = runner.device
     results: Dict[str, Dict[str, Any]] = {w: {} for w in workloads}
     try:
@@ -305,6 +326,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{w:<14} {cfg:<11} hit {r['hit_rate']:6.1%}  {r['total_throughput']:>10.1f} tok/s  "
                       f"{r['elapsed_s']:>8.2f} s  steps {r['forward_steps']}  "
                       f"reqs/prefix {r['requests_per_prefix']}", flush=True)
+                for phase, d in (r.get("timeline") or {}).items():
+                    print(f"    {phase:<18} steps {d['steps']:>5}  {d['time_s']:>7.3f} s  {d['ms_per_step']:>7.3f} ms/step")
     finally:
         runner.close()
 
