@@ -18,6 +18,7 @@
 #   bench_splits()          小批量 (bs 1/8/32) 时 split 数的作用 / split-KV at small batch
 #   bench_shared_prefix()   16 组 × 16 个请求共用前缀：L2 复用了多少 / how much L2 reuse a shared prefix gets
 #   bench_mixed()           长短不一的批 [100, 2048]：段数策略 × 内核配置 / mixed lengths: split policy x config
+#   bench_cascade_parts()   cascade 拆开计时：前缀级扫配置与段数，后缀 + 合并 / cascade by parts, prefix-stage sweep
 #   bench_extend()          1k 新 token，前缀 0 / 1k → triton extend vs SDPA (dense, 不分页)
 #   --tune                  扫 BLOCK / num_warps / num_stages / splits，打印最好的配置
 #
@@ -330,6 +331,96 @@ def sdpa_mixed_reference(batch) -> torch.Tensor:
     return torch.stack(out)
 
 
+def bench_cascade_parts(copy_gbs: float, rows: list):
+    """cascade 拆开计时：前缀级（扫配置与段数）、后缀级 + 合并、合计。Cascade timed by parts, with a sweep.
+
+    16 组 × 16 个请求，前缀 2048 + 各自 256（bench/prefix_cache.py 的形状，lpm 把一组聚在一起时）。
+    16 groups x 16 requests, prefix 2048 + 256 own tokens (prefix_cache.py's shape once lpm keeps groups together).
+    """
+    from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd
+
+    groups, per_group, prefix, suffix = 16, 16, 2048, 256
+    bs = groups * per_group
+    print(f"\n## cascade by parts ({groups} groups x {per_group}, prefix {prefix} + own {suffix}); "
+          f"GB/s of bytes really read")
+    q = torch.randn(bs, H, D, dtype=DTYPE, device="cuda")
+    pool = groups * prefix + bs * suffix + 2 * PAGE
+    k_buf = torch.randn(pool, HKV, D, dtype=DTYPE, device="cuda")
+    v_buf = torch.randn(pool, HKV, D, dtype=DTYPE, device="cuda")
+    per_row = shared_prefix_indices(groups, per_group, prefix, suffix, False).view(bs, prefix + suffix)
+    suffix_idx = per_row[:, prefix:].reshape(-1).contiguous()
+    suffix_indptr = torch.arange(bs + 1, dtype=torch.int32, device="cuda") * suffix
+    suffix_lens = torch.full((bs,), suffix, dtype=torch.int32, device="cuda")
+    # 和引擎一样：组数补到 G = max_bs // 2（空组），grid 按 8 段启动，BLOCK_M 按 64 // GROUP 个成员。
+    # As in the engine: groups padded to G = max_bs // 2 (empty ones), a grid of 8 slices, BLOCK_M for 64 // GROUP members.
+    G, grid_splits, max_members = bs // 2, 8, max(2, 64 // (H // HKV))
+    group_indptr = (torch.arange(G + 1, device="cuda").clamp(max=groups) * per_group).to(torch.int32)
+    members = torch.arange(bs, dtype=torch.int32, device="cuda")
+    prefix_indptr = (torch.arange(G + 1, device="cuda").clamp(max=groups) * prefix).to(torch.int32)
+    prefix_idx = per_row[::per_group, :prefix].reshape(-1).long().contiguous()
+    cas_len = torch.full((bs,), prefix, dtype=torch.int32, device="cuda")
+    o = torch.empty_like(q)
+    logits = torch.empty(bs, H, MAX_KV_SPLITS, D, dtype=torch.float32, device="cuda")
+    lse = torch.empty(bs, H, MAX_KV_SPLITS, dtype=torch.float32, device="cuda")
+    ns = get_num_kv_splits(suffix_lens, MAX_KV_SPLITS, num_kv_heads=HKV)
+    prefix_bytes = groups * prefix * HKV * D * 2 * DTYPE.itemsize
+    suffix_bytes = bs * suffix * HKV * D * 2 * DTYPE.itemsize
+    results = []
+    for n_splits, bn, nw, st in itertools.product((1, 2, 4, 8), (32, 64, 128), (4, 8), (2, 3)):
+        cfg = dict(BLOCK_N=bn, num_warps=nw, num_stages=st)
+        group_splits = torch.zeros(G, dtype=torch.int32, device="cuda")
+        group_splits[:groups] = n_splits
+        cas_out = torch.empty(bs, H, grid_splits, D, dtype=torch.float32, device="cuda")
+        cas_lse = torch.empty(bs, H, grid_splits, dtype=torch.float32, device="cuda")
+
+        def prefix_fn():
+            cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
+                               prefix_idx, group_splits, grid_splits, max_members, D**-0.5, config=cfg)
+        try:
+            prefix_fn()
+            results.append((bench_ms(prefix_fn), n_splits, cfg))
+        except Exception as e:  # 共享内存不够等 / e.g. out of shared memory
+            results.append((float("inf"), n_splits, cfg, repr(e)[:60]))
+    results.sort(key=lambda r: r[0])
+    for ms, n_splits, cfg, *_ in results[:8]:
+        print(f"  prefix stage  {ms:8.4f} ms {prefix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}")
+    default = [r for r in results if r[2] == dict(BLOCK_N=64, num_warps=4, num_stages=3)]
+    for ms, n_splits, cfg, *_ in default:
+        print(f"  prefix stage  {ms:8.4f} ms {prefix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}  <- default config")
+    best_ms, best_splits, best_cfg = results[0][:3]
+    group_splits = torch.zeros(G, dtype=torch.int32, device="cuda")
+    group_splits[:groups] = best_splits
+    cas_splits = torch.full((bs,), best_splits, dtype=torch.int32, device="cuda")
+    cas_out = torch.empty(bs, H, grid_splits, D, dtype=torch.float32, device="cuda")
+    cas_lse = torch.empty(bs, H, grid_splits, dtype=torch.float32, device="cuda")
+    cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr, prefix_idx,
+                       group_splits, grid_splits, max_members, D**-0.5, config=best_cfg)
+    partials = (cas_out, cas_lse, cas_len, cas_splits, best_cfg["BLOCK_N"])
+
+    def suffix_fn():
+        decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS,
+                             D**-0.5, prefix_partials=partials)
+
+    def plain_suffix_fn():
+        decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS, D**-0.5)
+
+    full_indptr = torch.arange(bs + 1, dtype=torch.int32, device="cuda") * (prefix + suffix)
+    full_lens = torch.full((bs,), prefix + suffix, dtype=torch.int32, device="cuda")
+    ref_fn, ref_o, _ = run_decode((q, k_buf, v_buf, full_indptr, per_row.reshape(-1).contiguous(), full_lens))
+    ref_fn()
+    suffix_fn()
+    err = ((o.float() - ref_o.float()).norm() / ref_o.float().norm()).item()
+    suffix_ms, plain_ms = bench_ms(suffix_fn), bench_ms(plain_suffix_fn)
+    full_ms = bench_ms(ref_fn)
+    print(f"  plain decode over the whole rows: {full_ms:.4f} ms; cascade (best) vs plain rel err {err:.1e}")
+    print(f"  suffix + merge {suffix_ms:7.4f} ms {suffix_bytes / suffix_ms / 1e6:7.0f} GB/s  (suffix alone, no "
+          f"merge: {plain_ms:.4f} ms)  splits per request {int(ns[0])}")
+    print(f"  total (best)   {best_ms + suffix_ms:7.4f} ms {(prefix_bytes + suffix_bytes) / (best_ms + suffix_ms) / 1e6:7.0f}"
+          f" GB/s ({100 * (prefix_bytes + suffix_bytes) / (best_ms + suffix_ms) / 1e6 / copy_gbs:.1f}% of copy)")
+    rows.append(dict(kind="cascade_parts", prefix=[(r[0], r[1], r[2]) for r in results], suffix_ms=suffix_ms,
+                     plain_suffix_ms=plain_ms, plain_full_ms=full_ms, rel_err=err))
+
+
 # ======== extend ========
 
 
@@ -473,7 +564,7 @@ def main():
     ap.add_argument("--tune", action="store_true", help="also sweep block sizes / warps / stages / splits")
     ap.add_argument("--json", default=None, help="write all numbers to this file")
     ap.add_argument("--sections", default="decode,splits,extend,shared",
-                    help="逗号分隔 / comma-separated: decode, splits, extend, shared, mixed")
+                    help="逗号分隔 / comma-separated: decode, splits, extend, shared, mixed, cascade")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     assert torch.cuda.is_available(), "needs a CUDA GPU"
@@ -490,6 +581,8 @@ def main():
         bench_shared_prefix(copy_gbs, rows)
     if "mixed" in sections:
         bench_mixed(copy_gbs, rows)
+    if "cascade" in sections:
+        bench_cascade_parts(copy_gbs, rows)
     if "extend" in sections:
         bench_extend(rows)
     if args.tune:

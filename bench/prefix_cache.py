@@ -103,6 +103,35 @@ class InProcessRunner:
             return prepare(reqs)
 
         sch._prepare_decode = counting_prepare
+        # lpm 的代价：排序（对整个等待队列 match_prefix）花了多少主机时间。What lpm costs on the host.
+        self.sorting = {"sorts": 0, "sort_s": 0.0}
+        sort = sch.policy.calc_priority
+
+        def timed_sort(queue):
+            t = time.perf_counter()
+            used = sort(queue)
+            self.sorting["sorts"] += 1
+            self.sorting["sort_s"] += time.perf_counter() - t
+            return used
+
+        sch.policy.calc_priority = timed_sort
+        # 主机等设备的总时间（LaunchedBatch.results 里的同步）：接近 0 说明主机是瓶颈。
+        # Total host time spent waiting for the device (the sync in LaunchedBatch.results): near 0 = host-bound.
+        from minisgl.scheduler import scheduler as sched_mod
+
+        self.sorting["wait_s"] = 0.0
+        if not hasattr(sched_mod.LaunchedBatch, "_untimed_results"):
+            sched_mod.LaunchedBatch._untimed_results = sched_mod.LaunchedBatch.results
+        untimed, stats = sched_mod.LaunchedBatch._untimed_results, self.sorting
+
+        def timed_results(launched):
+            t = time.perf_counter()
+            if launched.done is not None:
+                launched.done.synchronize()
+            stats["wait_s"] += time.perf_counter() - t
+            return untimed(launched)
+
+        sched_mod.LaunchedBatch.results = timed_results
         self.steps = _record_steps(sch) if self.timeline else None
 
     def timeline_summary(self) -> Optional[dict]:
@@ -115,6 +144,10 @@ class InProcessRunner:
         kv_bpt = TokenToKVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, runner.dtype)
         rows = self.steps + [(time.perf_counter(), "END", 0, 0)]
         return summarize_steps(rows, kv_bpt)
+
+    def sort_stats(self) -> Optional[dict]:
+        return {"sorts": self.sorting["sorts"], "sort_s": round(self.sorting["sort_s"], 3),
+                "device_wait_s": round(self.sorting["wait_s"], 3)}
 
     def requests_per_prefix(self) -> Optional[float]:
         s = self.sharing
@@ -168,6 +201,9 @@ class ServerRunner:
         return None  # 调度器在另一个进程里 / the scheduler lives in another process
 
     def timeline_summary(self) -> Optional[dict]:
+        return None
+
+    def sort_stats(self) -> Optional[dict]:
         return None
 
     def close(self) -> None:
@@ -236,6 +272,7 @@ def measure(runner, workload: str, a) -> Dict[str, Any]:
         # decode 批里平均每段共享前缀的请求数（只有进程内能数）/ requests per shared prefix in decode batches
         "requests_per_prefix": runner.requests_per_prefix(),
         **({"timeline": tl} if (tl := runner.timeline_summary()) else {}),
+        **({"host": so} if (so := runner.sort_stats()) else {}),
     }
 
 
@@ -325,7 +362,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 results[w][cfg] = r = measure(runner, w, a)
                 print(f"{w:<14} {cfg:<11} hit {r['hit_rate']:6.1%}  {r['total_throughput']:>10.1f} tok/s  "
                       f"{r['elapsed_s']:>8.2f} s  steps {r['forward_steps']}  "
-                      f"reqs/prefix {r['requests_per_prefix']}", flush=True)
+                      f"reqs/prefix {r['requests_per_prefix']}  host {r.get('host')}", flush=True)
                 for phase, d in (r.get("timeline") or {}).items():
                     print(f"    {phase:<18} steps {d['steps']:>5}  {d['time_s']:>7.3f} s  {d['ms_per_step']:>7.3f} ms/step")
     finally:

@@ -188,9 +188,9 @@ def test_backend_plan_cuts_pads_and_builds_lists():
     from minisgl.runner.forward_batch import ForwardBatch, ForwardMode, PrefixGroups
 
     bs, ctx, L = 24, 64, 10
-    req_to_token = torch.zeros(bs + 1, ctx, dtype=torch.int32)
+    req_to_token = torch.zeros(bs + 1, ctx, dtype=torch.int32, device=DEV)
     pool = SimpleNamespace(req_to_token=req_to_token, size=bs + 1)
-    mr = SimpleNamespace(model_config=SimpleNamespace(head_dim=16), device="cpu", num_heads=8, num_kv_heads=1,
+    mr = SimpleNamespace(model_config=SimpleNamespace(head_dim=16), device=DEV, num_heads=8, num_kv_heads=1,
                          req_to_token_pool=pool)
     be = TritonAttnBackend(mr)
     assert be.cascade_max_members == 8  # GROUP 8 → 64 // 8 个成员 / members per piece
@@ -202,7 +202,8 @@ def test_backend_plan_cuts_pads_and_builds_lists():
         if i < 19:
             req_to_token[i + 1, :L] = torch.arange(1000, 1000 + L, dtype=torch.int32)
     fb = ForwardBatch(ForwardMode.DECODE, bs, torch.zeros(bs, dtype=torch.int64), torch.zeros(bs, dtype=torch.int64),
-                      torch.zeros(bs, dtype=torch.int64), torch.arange(1, bs + 1), torch.tensor(seq), seq,
+                      torch.zeros(bs, dtype=torch.int64), torch.arange(1, bs + 1, device=DEV),
+                      torch.tensor(seq, device=DEV), seq,
                       [s - 1 for s in seq], [1] * bs)
     fb.prefix_groups = PrefixGroups([list(range(19)), [19]], [L, L])  # 单人组不会成块 / a lone member is no piece
     assert be.write_cascade_plan(fb)

@@ -179,12 +179,16 @@ def _prefix_stage_kernel(
 def cascade_config(q: torch.Tensor) -> dict:
     """前缀级的块大小。解释器里用小块，让短前缀也走过多块。Small blocks under the interpreter.
 
-    GPU：BLOCK_N=64、4 warps、2 stages：K/V 块 2 × 64 × 128 × 2 B × 2 stages = 64 KB 共享内存，加上
+    GPU：BLOCK_N=64、4 warps、3 stages：K/V 块 2 × 64 × 128 × 2 B × 3 stages = 96 KB 共享内存，加上
     [64, 128] 的 Q，放得下任何 SM 8.0+ 的卡（stage 1 的 192 KB 配置只适合 GROUP 行的小 q）。
+    H200 上扫过（bench/kernels.py --sections cascade：16 组 × 16，前缀 2048，BLOCK_N 32/64/128 × warps 4/8 × stages 2/3，
+    段数 1/2/4/8）：64/4/3、2 段最快，0.066 ms/层（64/4/2 是 0.068）。
+    GPU: BLOCK_N=64, 4 warps, 3 stages (96 KB of shared memory plus a [64, 128] Q); the H200 sweep
+    (bench/kernels.py --sections cascade) found it fastest, 0.066 ms per layer with 2 slices.
     """
     if _on_interpreter(q):
         return dict(BLOCK_N=16, num_warps=1, num_stages=1)
-    return dict(BLOCK_N=64, num_warps=4, num_stages=2)
+    return dict(BLOCK_N=64, num_warps=4, num_stages=3)
 
 
 def cascade_prefix_fwd(
