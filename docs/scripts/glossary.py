@@ -99,7 +99,7 @@ SECTIONS = [
         ("调度策略", "scheduling policy", "等待队列的排序方式：fcfs 或 lpm。", "How the waiting queue is ordered: fcfs or lpm.", S + "schedule_policy.SchedulePolicy"),
         ("先来先服务", "first come, first served (FCFS)", "按到达顺序接纳；默认策略。", "Admit in arrival order; the default policy.", S + "schedule_policy.SchedulePolicy.calc_priority"),
         ("最长前缀优先", "longest prefix match (LPM)", "缓存命中越长越先做，让共享前缀的请求挨在一起。", "Longest cache hit first, so requests sharing a prefix run together.", S + "schedule_policy.SchedulePolicy.calc_priority"),
-        ("LPM 回退长度", "LPM fallback queue length", "队列超过 128 时 lpm 退回 fcfs，避免逐个查树的开销。", "Above 128 queued requests lpm falls back to fcfs, to avoid a tree lookup each.", S + "schedule_policy.LPM_FALLBACK_QUEUE_LEN"),
+        ("LPM 回退长度", "LPM fallback queue length", "队列超过 1,024 时 lpm 退回 fcfs，避免逐个查树的开销（SGLang 取 128）。", "Above 1,024 queued requests lpm falls back to fcfs, to avoid a tree lookup each (SGLang uses 128).", S + "schedule_policy.LPM_FALLBACK_QUEUE_LEN"),
         ("prefill 接纳器", "PrefillAdder", "按 token 预算逐个接纳请求、必要时切块的对象。", "The object that admits requests under token budgets and chunks when needed.", S + "schedule_policy.PrefillAdder"),
         ("接纳结果", "AddReqResult", "add_one_req 的返回：CONTINUE、NO_TOKEN、OTHER。", "What add_one_req returns: CONTINUE, NO_TOKEN, OTHER.", S + "schedule_policy.AddReqResult"),
         ("token 预算", "token budget", "一轮 prefill 还能接纳多少 token（总量、输入、块三项）。", "How many tokens one prefill round may still admit (total, input, chunk).", "06-scheduling.md"),
