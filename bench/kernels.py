@@ -67,6 +67,7 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("bench/kernels.py needs triton and a CUDA GPU")
 
+from minisgl.runner.attention.triton_ops.decode_attention import _decode_config  # noqa: E402
 from minisgl.runner.attention.triton_ops import (
     decode_attention_fwd,
     extend_attention_fwd,
@@ -306,7 +307,8 @@ def bench_mixed(copy_gbs: float, rows: list):
             except Exception as e:  # 共享内存不够等 / e.g. out of shared memory
                 results.append((float("inf"), pol, cfg, repr(e)[:60]))
         results.sort(key=lambda r: r[0])
-        default = next(r for r in results if r[1] == "auto" and r[2] == dict(BLOCK_N=128, num_warps=4, num_stages=3))
+        engine_cfg = _decode_config(q, D, HKV)  # 引擎现在的选择 / what the engine picks now
+        default = next(r for r in results if r[1] == "auto" and r[2] == engine_cfg)
         for ms, pol, cfg, err in results[:6] + [default]:
             print(f"  bs {bs:>3} {ms:8.4f} ms {nbytes / ms / 1e6:6.0f} GB/s ({100 * nbytes / ms / 1e6 / copy_gbs:4.1f}%)"
                   f"  {pol:9s} {cfg}  err {err}" + ("   <- current default" if (pol, cfg) == default[1:3] else ""))
@@ -337,7 +339,7 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     16 组 × 16 个请求，前缀 2048 + 各自 256（bench/prefix_cache.py 的形状，lpm 把一组聚在一起时）。
     16 groups x 16 requests, prefix 2048 + 256 own tokens (prefix_cache.py's shape once lpm keeps groups together).
     """
-    from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd
+    from minisgl.runner.attention.triton_ops.cascade_attention import cascade_config, cascade_prefix_fwd
 
     groups, per_group, prefix, suffix = 16, 16, 2048, 256
     bs = groups * per_group
@@ -384,7 +386,7 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     results.sort(key=lambda r: r[0])
     for ms, n_splits, cfg, *_ in results[:8]:
         print(f"  prefix stage  {ms:8.4f} ms {prefix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}")
-    default = [r for r in results if r[2] == dict(BLOCK_N=64, num_warps=4, num_stages=3)]
+    default = [r for r in results if r[2] == cascade_config(q)]
     for ms, n_splits, cfg, *_ in default:
         print(f"  prefix stage  {ms:8.4f} ms {prefix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}  <- default config")
     best_ms, best_splits, best_cfg = results[0][:3]

@@ -103,33 +103,32 @@ class InProcessRunner:
             return prepare(reqs)
 
         sch._prepare_decode = counting_prepare
-        # lpm 的代价：排序（对整个等待队列 match_prefix）花了多少主机时间。What lpm costs on the host.
-        self.sorting = {"sorts": 0, "sort_s": 0.0}
+        # 主机账：lpm 排序（对整个等待队列 match_prefix）花的时间，与等设备的时间（LaunchedBatch.results 里的同步；
+        # 远小于总时间说明主机是瓶颈）。The host's ledger: time sorting for lpm, and time blocked on the device
+        # (the sync inside LaunchedBatch.results; much less than the total means the host is the bottleneck).
+        from minisgl.scheduler import scheduler as sched_mod
+
+        self.host = host = {"sorts": 0, "sort_s": 0.0, "device_wait_s": 0.0}
         sort = sch.policy.calc_priority
 
         def timed_sort(queue):
             t = time.perf_counter()
             used = sort(queue)
-            self.sorting["sorts"] += 1
-            self.sorting["sort_s"] += time.perf_counter() - t
+            host["sorts"] += 1
+            host["sort_s"] += time.perf_counter() - t
             return used
 
         sch.policy.calc_priority = timed_sort
-        # 主机等设备的总时间（LaunchedBatch.results 里的同步）：接近 0 说明主机是瓶颈。
-        # Total host time spent waiting for the device (the sync in LaunchedBatch.results): near 0 = host-bound.
-        from minisgl.scheduler import scheduler as sched_mod
-
-        self.sorting["wait_s"] = 0.0
-        if not hasattr(sched_mod.LaunchedBatch, "_untimed_results"):
-            sched_mod.LaunchedBatch._untimed_results = sched_mod.LaunchedBatch.results
-        untimed, stats = sched_mod.LaunchedBatch._untimed_results, self.sorting
+        # 类上的方法只包一次（每个配置换的是 host 字典）/ wrap the class method once; each config swaps the dict
+        untimed = getattr(sched_mod.LaunchedBatch, "_untimed_results", sched_mod.LaunchedBatch.results)
+        sched_mod.LaunchedBatch._untimed_results = untimed
+        runner = self
 
         def timed_results(launched):
             t = time.perf_counter()
-            if launched.done is not None:
-                launched.done.synchronize()
-            stats["wait_s"] += time.perf_counter() - t
-            return untimed(launched)
+            out = untimed(launched)
+            runner.host["device_wait_s"] += time.perf_counter() - t
+            return out
 
         sched_mod.LaunchedBatch.results = timed_results
         self.steps = _record_steps(sch) if self.timeline else None
@@ -145,9 +144,8 @@ class InProcessRunner:
         rows = self.steps + [(time.perf_counter(), "END", 0, 0)]
         return summarize_steps(rows, kv_bpt)
 
-    def sort_stats(self) -> Optional[dict]:
-        return {"sorts": self.sorting["sorts"], "sort_s": round(self.sorting["sort_s"], 3),
-                "device_wait_s": round(self.sorting["wait_s"], 3)}
+    def host_stats(self) -> Optional[dict]:
+        return {k: round(v, 3) for k, v in self.host.items()}
 
     def requests_per_prefix(self) -> Optional[float]:
         s = self.sharing
@@ -203,7 +201,7 @@ class ServerRunner:
     def timeline_summary(self) -> Optional[dict]:
         return None
 
-    def sort_stats(self) -> Optional[dict]:
+    def host_stats(self) -> Optional[dict]:
         return None
 
     def close(self) -> None:
@@ -272,7 +270,7 @@ def measure(runner, workload: str, a) -> Dict[str, Any]:
         # decode 批里平均每段共享前缀的请求数（只有进程内能数）/ requests per shared prefix in decode batches
         "requests_per_prefix": runner.requests_per_prefix(),
         **({"timeline": tl} if (tl := runner.timeline_summary()) else {}),
-        **({"host": so} if (so := runner.sort_stats()) else {}),
+        **({"host": hs} if (hs := runner.host_stats()) else {}),
     }
 
 

@@ -88,7 +88,7 @@ class SchedulePolicy:
 
 def prompt_head(req) -> tuple:
     """请求的开头（连同 LoRA 命名空间：不同适配器的 KV 不能共享）。A request's head, with its LoRA namespace."""
-    return (getattr(req, "lora_id", None), tuple(req.token_ids[:IN_BATCH_PREFIX_LEN]))
+    return (req.lora_id, tuple(req.token_ids[:IN_BATCH_PREFIX_LEN]))
 
 
 def wait_for_shared_prefix(req, chunked_req, admitted_heads: set) -> bool:

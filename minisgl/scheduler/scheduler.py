@@ -476,7 +476,7 @@ class Scheduler:
             adder.add_chunked_req(chunked)
         lpm = self.policy.calc_priority(self.waiting_queue) == "lpm"
         # 本轮已接纳请求的开头（lpm 的批内去重用）/ heads of this round's admissions (lpm's in-batch dedup)
-        heads = {prompt_head(chunked)} if chunked is not None else set()
+        heads = {prompt_head(chunked)} if lpm and chunked is not None else set()
         loras = {r.lora_id for r in self.running_reqs + adder.can_run_list} - {None}
         for req in self.waiting_queue:
             if len(self.running_reqs) + len(adder.can_run_list) >= self.max_running_requests:
@@ -484,9 +484,10 @@ class Scheduler:
             if req.lora_id is not None and req.lora_id not in loras and len(loras) >= self.max_loras_per_batch:
                 continue  # 适配器槽位已满：先等着，让后面的请求先进（同 SGLang）/ no free adapter slot: wait
             req.init_next_round_input(self.tree_cache)
-            if lpm and wait_for_shared_prefix(req, chunked, heads):
-                continue  # 下一轮它能命中更长的前缀 / next round it will match a longer prefix
-            heads.add(prompt_head(req))
+            if lpm:
+                if wait_for_shared_prefix(req, chunked, heads):
+                    continue  # 下一轮它能命中更长的前缀 / next round it will match a longer prefix
+                heads.add(prompt_head(req))
             if adder.add_one_req(req) != AddReqResult.CONTINUE:
                 break
             loras |= {req.lora_id} - {None}
