@@ -406,6 +406,23 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     def plain_suffix_fn():
         decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS, D**-0.5)
 
+    # 后缀级（就是普通 decode 内核加上合并）也扫一遍：段数 × 配置。The suffix stage swept too: splits x config.
+    suffix_sweep = []
+    for n_splits, bn, nw, st in itertools.product((1, 2), (32, 64, 128), (2, 4), (2, 3)):
+        cfg = dict(BLOCK_N=bn, num_warps=nw, num_stages=st)
+        ns_try = torch.full((bs,), n_splits, dtype=torch.int32, device="cuda")
+
+        def sweep_fn():
+            decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns_try, MAX_KV_SPLITS,
+                                 D**-0.5, config=cfg, prefix_partials=partials)
+        try:
+            sweep_fn()
+            suffix_sweep.append((bench_ms(sweep_fn), n_splits, cfg))
+        except Exception as e:  # 共享内存不够等 / e.g. out of shared memory
+            suffix_sweep.append((float("inf"), n_splits, cfg, repr(e)[:60]))
+    suffix_sweep.sort(key=lambda r: r[0])
+    for ms, n_splits, cfg, *_ in suffix_sweep[:6]:
+        print(f"  suffix stage  {ms:8.4f} ms {suffix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}")
     full_indptr = torch.arange(bs + 1, dtype=torch.int32, device="cuda") * (prefix + suffix)
     full_lens = torch.full((bs,), prefix + suffix, dtype=torch.int32, device="cuda")
     ref_fn, ref_o, _ = run_decode((q, k_buf, v_buf, full_indptr, per_row.reshape(-1).contiguous(), full_lens))
@@ -420,6 +437,7 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     print(f"  total (best)   {best_ms + suffix_ms:7.4f} ms {(prefix_bytes + suffix_bytes) / (best_ms + suffix_ms) / 1e6:7.0f}"
           f" GB/s ({100 * (prefix_bytes + suffix_bytes) / (best_ms + suffix_ms) / 1e6 / copy_gbs:.1f}% of copy)")
     rows.append(dict(kind="cascade_parts", prefix=[(r[0], r[1], r[2]) for r in results], suffix_ms=suffix_ms,
+                     suffix_sweep=[(r[0], r[1], r[2]) for r in suffix_sweep],
                      plain_suffix_ms=plain_ms, plain_full_ms=full_ms, rel_err=err))
 
 

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from step_timeline import StepTimeline, print_summary
+
 
 def make_workload(num_seqs: int, max_in: int, max_out: int, seed: int, vocab_hi: int = 10000):
     rng = random.Random(seed)
@@ -81,13 +83,13 @@ def run_minisgl(args, prompts, outs) -> dict:
     sync()
     if args.torch_sampler:
         engine.scheduler.sampler.use_fused = False  # 对照：torch 采样路径 / A/B: the torch sampling path
-    steps = _record_steps(engine.scheduler) if args.timeline else None
+    timeline = StepTimeline(engine.scheduler) if args.timeline else None
     t = time.perf_counter()
     results = engine.generate(input_ids=prompts, sampling_params=params)
     sync()
     elapsed = time.perf_counter() - t
-    if steps is not None:
-        steps.append((time.perf_counter(), "END", 0, 0))
+    if timeline is not None:
+        timeline.stop()
     assert [len(r["output_ids"]) for r in results] == outs, "every request must produce exactly its output length"
     cfg = engine.model_config
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.scheduler.model_runner.model.parameters())
@@ -95,46 +97,13 @@ def run_minisgl(args, prompts, outs) -> dict:
                                            engine.scheduler.model_runner.dtype)
     stats = engine.scheduler.get_stats()
     overlap = engine.server_args.enable_overlap_schedule
+    steps = None if timeline is None else {"timeline": timeline.summary(kv_bpt), "host": timeline.host_summary()}
     engine.shutdown()
     del engine
     gc.collect()
     return {"elapsed_s": elapsed, "load_s": load_s, "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_bpt,
             "forward_steps": stats["forward_ct"], "retractions": stats["num_retractions"], "overlap_schedule": overlap,
             "steps": steps}
-
-
-def _record_steps(scheduler) -> list:
-    """每次发射记一行 (时刻, 模式, batch 大小, 本批 KV token 数)。One row per launched batch.
-
-    With the overlap scheduler a launch happens right after the batch before the previous one is
-    done, so the gap between two rows is about the device time of one batch (attributed one batch
-    late: fine for totals). Rows are closed by a final row at the end of generate().
-    """
-    rows, run_batch = [], scheduler.run_batch
-
-    def wrapped(batch, mode):
-        launched = run_batch(batch, mode)
-        rows.append((time.perf_counter(), mode.name, len(batch), sum(r.kv_len for r in batch)))
-        return launched
-
-    scheduler.run_batch = wrapped
-    return rows
-
-
-def summarize_steps(rows: list, kv_bytes_per_token: int) -> dict:
-    """按模式、按 batch 大小分档汇总时间。Time per mode and per batch-size bucket; KV GB/s for decode."""
-    out: dict = {}
-    for (t0, mode, bs, kv), (t1, *_) in zip(rows, rows[1:]):
-        key = mode if mode != "DECODE" else f"DECODE bs {min(256, 32 * ((bs + 31) // 32)) - 31}-{min(256, 32 * ((bs + 31) // 32))}"
-        d = out.setdefault(key, {"steps": 0, "time_s": 0.0, "kv_GB": 0.0})
-        d["steps"] += 1
-        d["time_s"] += t1 - t0
-        d["kv_GB"] += kv * kv_bytes_per_token / 1e9
-    for d in out.values():
-        d["ms_per_step"] = round(1e3 * d["time_s"] / d["steps"], 3)
-        d["kv_GBps"] = round(d["kv_GB"] / d["time_s"], 1) if d["time_s"] else None
-        d["time_s"], d["kv_GB"] = round(d["time_s"], 3), round(d["kv_GB"], 2)
-    return dict(sorted(out.items()))
 
 
 def run_hf(args, prompts, outs) -> dict:
@@ -222,13 +191,15 @@ def main() -> None:
         "roofline_fraction": round(lb["total"] / bw / m["elapsed_s"], 3) if bw == bw else None,
     }
     if m["steps"]:
-        res["timeline"] = summarize_steps(m["steps"], m["kv_bytes_per_token"])
+        res["timeline"], res["host_s"] = m["steps"]["timeline"], m["steps"]["host"]
     if args.hf:
         h = run_hf(args, prompts, outs)
         res["hf_time_s"] = round(h["elapsed_s"], 3)
         res["hf_output_tok_s"] = round(h["output_tokens"] / h["elapsed_s"], 1)
         res["speedup_vs_hf"] = round(res["minisgl_output_tok_s"] / res["hf_output_tok_s"], 2)
     print(json.dumps(res, indent=2))
+    if m["steps"]:
+        print_summary(res["timeline"], res["host_s"], indent="")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

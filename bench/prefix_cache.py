@@ -57,7 +57,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # 同目录的 serving.py / the sibling serving.py
 
-from offline_throughput import _record_steps, summarize_steps  # noqa: E402
+from step_timeline import StepTimeline, print_summary  # noqa: E402
 from serving import random_ids, sample_shared_prefix  # noqa: E402
 
 CONFIGS = {
@@ -131,21 +131,26 @@ class InProcessRunner:
             return out
 
         sched_mod.LaunchedBatch.results = timed_results
-        self.steps = _record_steps(sch) if self.timeline else None
+        if getattr(self, "steps", None) is not None:
+            self.steps.detach(old)  # 共用的 ModelRunner 上不留旧包装 / no stale wrapper on the shared runner
+        self.steps = StepTimeline(sch) if self.timeline else None
 
     def timeline_summary(self) -> Optional[dict]:
-        """按模式、batch 大小分档的时间（offline_throughput 的 --timeline）。Time per mode and batch size."""
+        """按模式、batch 大小分档的时间与 GPU 忙闲（step_timeline.py）。Time per mode and batch size, GPU busy/idle."""
         if self.steps is None:
             return None
         from minisgl.mem_cache.memory_pool import TokenToKVPool
 
+        self.steps.stop()
         cfg, runner = self.engine.model_config, self.engine.scheduler.model_runner
         kv_bpt = TokenToKVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, runner.dtype)
-        rows = self.steps + [(time.perf_counter(), "END", 0, 0)]
-        return summarize_steps(rows, kv_bpt)
+        return self.steps.summary(kv_bpt)
 
     def host_stats(self) -> Optional[dict]:
-        return {k: round(v, 3) for k, v in self.host.items()}
+        stats = {k: round(v, 3) for k, v in self.host.items()}
+        if self.steps is not None:  # --timeline：主机各阶段的秒数 / host seconds per phase
+            stats["phases_s"] = self.steps.host_summary()
+        return stats
 
     def requests_per_prefix(self) -> Optional[float]:
         s = self.sharing
@@ -360,9 +365,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 results[w][cfg] = r = measure(runner, w, a)
                 print(f"{w:<14} {cfg:<11} hit {r['hit_rate']:6.1%}  {r['total_throughput']:>10.1f} tok/s  "
                       f"{r['elapsed_s']:>8.2f} s  steps {r['forward_steps']}  "
-                      f"reqs/prefix {r['requests_per_prefix']}  host {r.get('host')}", flush=True)
-                for phase, d in (r.get("timeline") or {}).items():
-                    print(f"    {phase:<18} steps {d['steps']:>5}  {d['time_s']:>7.3f} s  {d['ms_per_step']:>7.3f} ms/step")
+                      f"reqs/prefix {r['requests_per_prefix']}  "
+                      f"host {({k: v for k, v in (r.get('host') or {}).items() if k != 'phases_s'})}", flush=True)
+                print_summary(r.get("timeline") or {}, (r.get("host") or {}).get("phases_s"))
     finally:
         runner.close()
 

@@ -2,7 +2,8 @@
 Where a scheduler step spends its time: per-phase timers (GPU synced at phase boundaries) and the
 cProfile hot spots. Used to decide what to optimise (measure first).
 
-Usage: python bench/profile_step.py --model-path /tmp/qwen3-0.6b [--bs 1 256] [--steps 200]
+Usage: python bench/profile_step.py --model-path /tmp/qwen3-0.6b [--bs 1 256] [--steps 200] [--kernels]
+       python bench/profile_step.py --model-path /tmp/qwen3-0.6b --bs 256 --prompt-len 2176 --group-size 16 --kernels
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.0,
                     help="0 = 贪心；offline_throughput 用 0.6 / 0 is greedy; offline_throughput uses 0.6")
+    ap.add_argument("--group-size", type=int, default=1,
+                    help="每 N 个 prompt 共享前 prompt-len − 128 个 token（像 prefix_cache 的共享前缀，decode 走 cascade）"
+                         " / every N prompts share all but their last 128 tokens (shared-prefix decode, cascade)")
     ap.add_argument("--kernels", action="store_true",
                     help="再用 torch.profiler 列出 decode 步里最耗时的 GPU kernel / list the top GPU kernels of decode steps")
     a = ap.parse_args()
@@ -50,7 +54,9 @@ def main() -> None:
     rng = random.Random(0)
     for bs in a.bs:
         vocab = min(10000, engine.model_config.vocab_size)
-        prompts = [[rng.randrange(vocab) for _ in range(a.prompt_len)] for _ in range(bs)]
+        own = a.prompt_len if a.group_size == 1 else min(128, a.prompt_len)
+        systems = [[rng.randrange(vocab) for _ in range(a.prompt_len - own)] for _ in range(-(-bs // a.group_size))]
+        prompts = [systems[i // a.group_size] + [rng.randrange(vocab) for _ in range(own)] for i in range(bs)]
         params = {"max_new_tokens": a.steps, "ignore_eos": True, "temperature": a.temperature}
         engine.generate(input_ids=prompts[:2], sampling_params={"max_new_tokens": 4})
         engine.flush_cache()
@@ -92,12 +98,23 @@ def main() -> None:
         if a.kernels and engine.server_args.device == "cuda":
             from torch.profiler import ProfilerActivity, profile
 
-            # 先把 prompt 放进前缀缓存，被测的那次 prefill 每个请求只算 1 个 token：表里几乎全是 decode。
-            # Cache the prompts first, so the profiled prefill is one token per request: decode-only tables.
-            engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 1})
+            # 先缓存共享的部分（整个 prompt，或 --group-size 时只缓存系统提示，组员才会按组走 cascade），
+            # 再流式生成：每个请求都拿到第一个 token（prefill 都做完了）之后才开始记录，表里只有 decode。
+            # Cache the shared part first (the whole prompt, or only the system prompts with
+            # --group-size, so that members group for cascade attention), then stream: recording
+            # starts once every request has its first token (all prefills done), so the table is decode-only.
+            cached = prompts if a.group_size == 1 else systems
+            engine.generate(input_ids=cached, sampling_params={**params, "max_new_tokens": 1})
             sync()
+            stream = engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 40}, stream=True)
+            started = set()
+            for delta in stream:
+                started.add(delta["index"])
+                if len(started) == len(prompts):
+                    break
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-                engine.generate(input_ids=prompts, sampling_params={**params, "max_new_tokens": 32})
+                for _ in stream:
+                    pass
                 sync()
             print(p.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
             engine.flush_cache()

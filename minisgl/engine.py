@@ -64,9 +64,10 @@ from minisgl.tokenizer_manager import normalize_requests
 class _ReqState:
     """一个请求在引擎侧的状态。The engine-side state of one request."""
 
-    def __init__(self, rid: str, detok: IncrementalDetokenizer, stream: bool):
+    def __init__(self, rid: str, detok: IncrementalDetokenizer, stream: bool, logprobs: bool = True):
         self.rid = rid
         self.detok = detok
+        self.logprobs = logprobs  # 要 logprob 吗（不要就不看那两列）/ asked for logprobs (else skip the columns)
         # 非流式请求结束时一次解码（与增量结果相同，测试验证），省掉每个 token 两次 decode。
         # A non-streaming request decodes once at the end (same text; tested), not twice per token.
         self.stream = stream
@@ -84,8 +85,8 @@ class _ReqState:
         request (nobody reads it, and this runs for every request at every step).
         """
         new_ids = out.output_ids[i]
-        self.output_ids.extend(new_ids)
-        new_lps, new_tops = out.logprobs(i)
+        self.output_ids += new_ids
+        new_lps, new_tops = out.logprobs(i) if self.logprobs else (None, None)
         if new_lps is not None:
             self.token_logprobs = self.token_logprobs if self.token_logprobs is not None else []
             self.token_logprobs.extend(new_lps)
@@ -191,7 +192,7 @@ class Engine:
                 raise ValueError(f"duplicate request id {r.rid!r}")
             states[r.rid] = _ReqState(r.rid, IncrementalDetokenizer(
                 self.tokenizer, r.input_ids, r.sampling_params.skip_special_tokens, r.sampling_params.stop_strs),
-                stream)
+                stream, logprobs=bool(r.return_logprob or r.top_logprobs_num))
         for r in reqs:
             self.scheduler.add_request(r)
         order = [r.rid for r in reqs]

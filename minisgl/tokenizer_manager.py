@@ -64,6 +64,7 @@ from minisgl.io_struct import (
 )
 from minisgl.sampling.logprobs import check_logprob_args
 from minisgl.sampling.sampling_params import SamplingParams
+from minisgl.utils import check_token_ids
 
 logger = logging.getLogger(__name__)
 HEALTH_CHECK_PREFIX = "HEALTH_CHECK_"  # 健康检查请求：不计指标、不受排队上限 / no metrics, no queue limit
@@ -144,11 +145,9 @@ def normalize_requests(
             text, ids = item, tokenizer.encode(item)
         else:
             text, ids = None, item
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-                raise ValueError(f"{where}input_ids must be integers")
-            bad = [t for t in ids if not 0 <= t < vocab_size]
-            if bad:
-                raise ValueError(f"{where}token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+            error = check_token_ids(ids, vocab_size)
+            if error:
+                raise ValueError(f"{where}{error}")
         if len(ids) == 0:
             raise ValueError(f"{where}the prompt is empty")
         if len(ids) >= context_len:

@@ -184,6 +184,83 @@ def test_abort_while_the_step_is_in_flight(checkpoint):
     sched.check_pool_whole()
 
 
+def _launch_log(sched):
+    """记下发射与处理的先后：[("run", batch), ("process", batch), ...]。Log launches and processing in order."""
+    log, run, process = [], sched.run_batch, sched._process_launched
+
+    def spy_run(batch, mode):
+        launched = run(batch, mode)
+        log.append(("run", launched))
+        return launched
+
+    def spy_process(launched, out):
+        log.append(("process", launched))
+        return process(launched, out)
+
+    sched.run_batch, sched._process_launched = spy_run, spy_process
+    return log
+
+
+def _tokens(steps):
+    got = {}
+    for step in steps:
+        for rid, ids in zip(step.out.rids, step.out.output_ids):
+            got.setdefault(rid, []).extend(ids)
+    return got
+
+
+def test_a_prefill_does_not_stop_the_pipeline(checkpoint):
+    """prefill（整段或分块的一块）之后，下一批在处理它之前就发射：prefill 的账在发射时记（_admit_extend）。
+
+    After a prefill, whole or one chunk, the next batch is launched before the prefill is processed:
+    its bookkeeping happens at launch (_admit_extend). The chunks of one prompt follow each other
+    without a wait, and the tokens are those of the normal scheduler.
+    """
+    kw = dict(chunked_prefill_size=16, max_prefill_tokens=16)
+    ref, sched = _scheduler(checkpoint, overlap=False, **kw), _scheduler(checkpoint, **kw)
+    log = _launch_log(sched)
+    for s in (ref, sched):
+        _add(s, "long", list(range(5, 45)), max_new_tokens=6, ignore_eos=True)  # 16 + 16 + 8 个 token / three chunks
+        _add(s, "short", [7, 8, 9], max_new_tokens=5, ignore_eos=True)
+    expected, got = _tokens(ref.run_until_idle()), _tokens(sched.run_until_idle())
+    assert got == expected and len(got["long"]) == 6 and len(got["short"]) == 5
+    launched = [b for kind, b in log if kind == "run"]
+    modes = [b.mode for b in launched]
+    assert modes[:3] == [ForwardMode.EXTEND] * 3 and ForwardMode.DECODE in modes
+    assert launched[0].chunked == [True] and launched[1].chunked == [True]
+    def at(kind, batch):
+        return next(i for i, (k, b) in enumerate(log) if k == kind and b is batch)
+
+    for k, batch in enumerate(launched[:-1]):
+        # 第 k+1 批的发射排在第 k 批的处理之前 / batch k+1 is launched before batch k is processed
+        assert at("run", launched[k + 1]) < at("process", batch), (k, batch.mode)
+    sched.check_pool_whole()
+
+
+def test_requests_that_end_at_their_first_token(checkpoint):
+    """第一个 token 就结束（max_new_tokens=1，或第一个 token 是 stop token）：prefill 在发射时已加入运行批，
+    结束时照样交回全部槽位，输出与普通调度相同。
+
+    A request may end at its first token (max_new_tokens=1, or the first token is a stop token)
+    although it joined the running batch at launch: the same tokens as the normal scheduler, every
+    slot returned, and no decode row for the max_new_tokens=1 request.
+    """
+    probe = _scheduler(checkpoint, overlap=False)
+    _add(probe, "b", [9, 10, 11, 12], max_new_tokens=1)
+    first_b = _tokens(probe.run_until_idle())["b"][0]
+    ref, sched = _scheduler(checkpoint, overlap=False), _scheduler(checkpoint)
+    log = _launch_log(sched)
+    for s in (ref, sched):
+        _add(s, "a", [5, 6, 7, 8], max_new_tokens=1)
+        _add(s, "b", [9, 10, 11, 12], max_new_tokens=8, stop_token_ids=[first_b])
+        _add(s, "c", [13, 14, 15], max_new_tokens=5, ignore_eos=True)
+    expected, got = _tokens(ref.run_until_idle()), _tokens(sched.run_until_idle())
+    assert got == expected and len(got["a"]) == 1 and got["b"] == [first_b] and len(got["c"]) == 5
+    decode_rids = {r.rid for kind, b in log if kind == "run" and b.mode == ForwardMode.DECODE for r in b.reqs}
+    assert "a" not in decode_rids and "c" in decode_rids
+    sched.check_pool_whole()
+
+
 def test_decode_reads_the_device_token_buffer(checkpoint, monkeypatch):
     """decode 的输入来自设备上的 last_token_ids，它每步都必须等于主机上的最后一个输出 token。
 

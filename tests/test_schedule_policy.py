@@ -85,9 +85,13 @@ def runs():
     from minisgl import Engine
 
     out = {}
-    for policy in ("lpm", "fcfs"):
+    # lpm-overlap：重叠调度下 prefill 不再等上一批处理完，组员仍要命中组长刚排进设备的前缀。
+    # lpm-overlap: under overlap a prefill no longer waits for the previous one to be processed;
+    # group members must still hit the prefix their group's first request has just queued.
+    for name, policy, extra in (("lpm", "lpm", {}), ("fcfs", "fcfs", {}),
+                                ("lpm-overlap", "lpm", {"enable_overlap_schedule": True})):
         eng = Engine(None, schedule_policy=policy, max_running_requests=32, chunked_prefill_size=200,
-                     max_prefill_tokens=512)
+                     max_prefill_tokens=512, **extra)
         try:
             sch = eng.scheduler
             stats = {"members": 0, "prefixes": 0, "sorts_when_full": 0}
@@ -113,7 +117,7 @@ def runs():
             stats["finished"] = sum(r["meta_info"]["finish_reason"]["type"] == "length" for r in res)
             stats["free_after"] = (sch.token_to_kv_pool_allocator.available_size() + sch.tree_cache.total_size(),
                                    sch.token_to_kv_pool_allocator.size)
-            out[policy] = stats
+            out[name] = stats
         finally:
             eng.shutdown()
     return out
@@ -123,11 +127,12 @@ def test_lpm_computes_each_shared_prefix_once(runs):
     # 每组第一个请求算系统提示，其余 PER_GROUP−1 个全部命中（池子够大，不驱逐）。
     # The first request of a group computes the system prompt; the other PER_GROUP-1 all hit it.
     lpm, fcfs = runs["lpm"], runs["fcfs"]
-    assert lpm["finished"] == fcfs["finished"] == GROUPS * PER_GROUP
-    # ≥：两个问题偶尔开头撞上同一个随机 token，会多命中一两个。≥: two questions may share a first random token.
-    assert GROUPS * (PER_GROUP - 1) * SYSTEM <= lpm["cached"] < GROUPS * (PER_GROUP - 1) * SYSTEM + QUESTION
+    assert lpm["finished"] == fcfs["finished"] == runs["lpm-overlap"]["finished"] == GROUPS * PER_GROUP
+    for s in (lpm, runs["lpm-overlap"]):
+        # ≥：两个问题偶尔开头撞上同一个随机 token，会多命中一两个。≥: two questions may share a first random token.
+        assert GROUPS * (PER_GROUP - 1) * SYSTEM <= s["cached"] < GROUPS * (PER_GROUP - 1) * SYSTEM + QUESTION
     assert fcfs["cached"] < lpm["cached"]  # fcfs 把同组请求放进同一批，各算一遍 / fcfs recomputes in-batch
-    for s in (lpm, fcfs):
+    for s in runs.values():
         assert s["free_after"][0] == s["free_after"][1]  # 没有泄漏的槽位 / no leaked slot
 
 
@@ -137,7 +142,8 @@ def test_lpm_runs_a_group_together(runs):
     # cascade attention read each prefix once per group.
     per_prefix = {p: s["members"] / s["prefixes"] for p, s in runs.items()}
     assert per_prefix["lpm"] > 1.5 * per_prefix["fcfs"], per_prefix
+    assert per_prefix["lpm-overlap"] > 1.5 * per_prefix["fcfs"], per_prefix
 
 
 def test_no_sorting_while_the_batch_is_full(runs):
-    assert runs["lpm"]["sorts_when_full"] == 0 and runs["fcfs"]["sorts_when_full"] == 0
+    assert all(s["sorts_when_full"] == 0 for s in runs.values()), runs

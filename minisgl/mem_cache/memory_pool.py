@@ -102,12 +102,15 @@ class ReqToTokenPool:
             self.req_to_token_cpu[idx, start:end] = torch.as_tensor(values, dtype=torch.int64)
         self.req_to_token[idx, start:end] = to_device(values, torch.int64, self.req_to_token.device)
 
-    def write_decode(self, rows: List[int], cols: List[int], locs: List[int], rows_dev: torch.Tensor,
-                     cols_dev: torch.Tensor, locs_dev: torch.Tensor) -> None:
-        """decode：每行写一个槽位（设备上一次 index_put，主机上一次）。One slot per row, for decode."""
-        self.req_to_token[rows_dev, cols_dev] = locs_dev
+    def write_decode(self, host_cols: torch.Tensor, dev_cols: torch.Tensor) -> None:
+        """decode：每行写一个槽位（设备上一次 index_put，主机上一次）。One slot per row, for decode.
+
+        host_cols / dev_cols: [3, bs] int64, the rows, the columns and the slots, on the host and on
+        the device (the same values: the scheduler copies one to the other).
+        """
+        self.req_to_token[dev_cols[0], dev_cols[1]] = dev_cols[2]
         if self.req_to_token_cpu is not self.req_to_token:
-            self.req_to_token_cpu[rows, cols] = torch.tensor(locs, dtype=torch.int64)
+            self.req_to_token_cpu[host_cols[0], host_cols[1]] = host_cols[2]
 
     def read(self, idx: int, start: int, end: int) -> torch.Tensor:
         """第 idx 行 [start, end) 的槽位，主机上的一份拷贝（不等 GPU）。Slots of row idx, a host copy."""

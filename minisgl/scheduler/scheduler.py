@@ -77,7 +77,7 @@ from minisgl.scheduler.schedule_batch import FINISH_ABORT, Req
 from minisgl.scheduler.schedule_policy import (AddReqResult, PrefillAdder, SchedulePolicy, prompt_head,
                                                wait_for_shared_prefix)
 from minisgl.server_args import ServerArgs
-from minisgl.utils import to_device
+from minisgl.utils import check_token_ids, host_tensor, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ class LaunchedBatch:
     host_ids: torch.Tensor  # [2, bs] int64，CPU（锁页内存 / pinned on GPU machines）
     done: Optional["torch.cuda.Event"]  # None：CPU 上拷贝已完成 / None: on CPU the copy is complete
     logprobs: Optional[list] = None
+    # 发射时每行是不是分块 prefill 的中间一块（处理结果时请求可能已进入下一块，所以在这里记下）。
+    # Whether each row was a middle chunk at launch (by the time the result is processed the request
+    # may be in its next chunk already, so the flag is taken here). None for decode.
+    chunked: Optional[List[bool]] = None
 
     def results(self) -> Tuple[List[int], List[bool]]:
         """等这批在设备上算完，拿回 token。Wait for the device, then read the tokens."""
@@ -291,8 +295,9 @@ class Scheduler:
             return "the prompt is empty (0 tokens)"
         if len(ids) >= self.context_len:
             return f"the prompt has {len(ids)} tokens; the context length is {self.context_len}"
-        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
-            return f"input_ids contain a token id outside the vocabulary [0, {vocab})"
+        error = check_token_ids(ids, vocab)
+        if error:
+            return error
         capacity = self.token_to_kv_pool_allocator.size
         if len(ids) + 1 > capacity:
             return f"the prompt ({len(ids)} tokens) does not fit the KV pool ({capacity} tokens)"
@@ -370,24 +375,26 @@ class Scheduler:
 
         Overlap scheduling (SGLang's event_loop_overlap): launch batch N+1, then process batch N
         while the device computes N+1, so the host work of a step hides behind the device's.
-        Decode inputs come from last_token_ids on the device, so N+1 needs no token of N on the host.
+        Decode inputs come from last_token_ids on the device, so N+1 needs no token of N on the host,
+        and an extend's bookkeeping (join the running batch, insert the prompt into the prefix tree)
+        is done at launch (_admit_extend), so N+1 needs nothing else of N either, even after a prefill.
         A request that finishes at N is already in N+1: that extra token is dropped (it costs one
-        row of one step). Wait for N first when N+1 needs N's result on the host: after an extend
-        (new requests join the running batch, a chunked request's prefix moves) and when N holds a
-        request whose sampling reads its own output (grammar, penalties, min_new_tokens).
+        row of one step). Wait for N first only when N holds a request whose sampling reads its own
+        output (grammar, penalties, min_new_tokens).
         """
         t0 = time.perf_counter()
         out, self._pending_out = self._pending_out, BatchTokenIDOut()
-        if self.inflight is not None and (self.inflight.mode.is_extend()
-                                          or any(needs_last_token(r) for r in self.inflight.reqs)):
+        if self.inflight is not None and any(needs_last_token(r) for r in self.inflight.reqs):
             self.sync_inflight(out)
         self._process_aborts(out)
         self.move_ready_grammar_requests(out)
         batch, mode, retracted = self._schedule(out)
         if self.inflight is not None and mode is ForwardMode.DECODE:
-            # 上一批（decode）里已采到最后一个 token 的请求一定会按长度结束：不再给它们算一步。
+            # 在路上的那一批里已采到最后一个 token 的请求一定会按长度结束：不再给它们算一步。
             # A request whose in-flight token is its last (max_new_tokens) surely ends: no step for it.
-            batch = [r for r in batch if len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
+            flying = {id(r) for r in self.inflight.reqs}
+            batch = [r for r in batch
+                     if id(r) not in flying or len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
         launched = self.run_batch(batch, mode) if batch else None
         self.sync_inflight(out)  # 设备已在算 launched；现在处理上一批 / the device runs `launched`; process N now
         self.inflight = launched
@@ -435,11 +442,32 @@ class Scheduler:
             done = torch.cuda.Event()
             done.record()
             both = host
-        return LaunchedBatch(batch, mode, len(fb.input_ids), both, done, logprobs)
+        chunked = None
+        if mode.is_extend():
+            chunked = [r.is_chunked for r in batch]
+            self._admit_extend(batch)
+        return LaunchedBatch(batch, mode, len(fb.input_ids), both, done, logprobs, chunked)
+
+    def _admit_extend(self, batch: List[Req]) -> None:
+        """prefill 刚排进设备：现在就把算好的 prompt 插进前缀树，做完 prefill 的请求加入 running_reqs。
+
+        Bookkeeping of a just-launched extend that needs none of its sampled tokens: insert the
+        prompt KV into the prefix tree (cache_unfinished_req) and let fully prefilled requests join
+        running_reqs. The overlap scheduler can then schedule the next batch while this one runs.
+        Safe before the device has computed the KV: every later batch that reads these slots (a
+        request matching this prefix, the next chunk, the next decode) is queued after this one on
+        the same stream. Done after the forward is queued, because cache_unfinished_req may repoint
+        the row at the tree's copy of a duplicated prefix.
+        """
+        for req in batch:
+            self.tree_cache.cache_unfinished_req(req)
+            if not req.is_chunked:
+                self.running_reqs.append(req)
 
     def _process_launched(self, launched: LaunchedBatch, out: BatchTokenIDOut) -> None:
         next_ids, bad_rows = launched.results()
-        self.process_batch_result(launched.reqs, launched.mode, next_ids, bad_rows, out, launched.logprobs)
+        self.process_batch_result(launched.reqs, launched.mode, next_ids, bad_rows, out, launched.logprobs,
+                                  launched.chunked)
 
     def sync_inflight(self, out: Optional[BatchTokenIDOut] = None) -> BatchTokenIDOut:
         """处理还在路上的那一批（重叠调度），不发射新的。Process the in-flight batch without launching another.
@@ -642,10 +670,10 @@ class Scheduler:
         for req, loc in zip(reqs, loc_list):
             req.kv_len += 1  # 发射时就记下 / counted at launch
             req.last_loc = loc
-        row_list = [r.req_pool_idx for r in reqs]
-        cols = to_device([row_list, kv_lens, loc_list], torch.int64, dev)  # [3, bs]：一次拷贝 / one copy
+        host_cols = host_tensor([[r.req_pool_idx for r in reqs], kv_lens, loc_list])  # [3, bs]
+        cols = to_device(host_cols, torch.int64, dev)  # 一次拷贝 / one copy
         rows, positions, out_cache_loc = cols[0], cols[1], cols[2]
-        self.req_to_token_pool.write_decode(row_list, kv_lens, loc_list, rows, positions, out_cache_loc)
+        self.req_to_token_pool.write_decode(host_cols, cols)
         return ForwardBatch(
             forward_mode=ForwardMode.DECODE, batch_size=bs,
             input_ids=self.last_token_ids[rows],  # [bs]：上一步采出的 token / the previous step's tokens
@@ -657,14 +685,22 @@ class Scheduler:
 
     # ======== 结果 / Results ========
     def process_batch_result(self, batch: List[Req], mode: ForwardMode, next_ids: List[int],
-                             bad_rows: List[bool], out: BatchTokenIDOut, logprobs: Optional[list] = None) -> None:
-        """追加 token（和它的 logprob）、检查结束、把 KV 交给缓存。
+                             bad_rows: List[bool], out: BatchTokenIDOut, logprobs: Optional[list] = None,
+                             chunked: Optional[List[bool]] = None) -> None:
+        """追加 token（和它的 logprob）、检查结束、把结束的请求的 KV 交给缓存。
 
         Append tokens (and their logprobs: one (token, top-k) entry per row, or None; see
-        sampling/logprobs.py), check finish, hand KV to the cache.
+        sampling/logprobs.py), check finish, hand a finished request's KV to the cache. An extend's
+        other bookkeeping was done at launch (_admit_extend); `chunked` holds each row's is_chunked
+        at launch (default: the current flags).
         """
         now = time.perf_counter()
-        for req, tok, bad, lp in zip(batch, next_ids, bad_rows, logprobs or [None] * len(batch)):
+        if chunked is None:
+            chunked = [mode.is_extend() and r.is_chunked for r in batch]
+        rows: List[Req] = []  # 有输出的行，最后一次交给 out / rows with output, handed to `out` at once
+        row_ids: List[List[int]] = []
+        for req, tok, bad, lp, was_chunked in zip(batch, next_ids, bad_rows, logprobs or [None] * len(batch),
+                                                  chunked):
             # kv_len 在发射时已经加过（_prepare_extend / _prepare_decode）。kv_len was counted at launch.
             if req.finished() or req.req_pool_idx is None:
                 # 重叠调度：它在这一批发射之后才结束、被中止或被 retraction；这个 token 丢掉，
@@ -672,8 +708,7 @@ class Scheduler:
                 # aborted or retracted after this batch was launched; the token is dropped, and its
                 # slot went with cache_finished_req / release_req.
                 continue
-            if mode.is_extend() and req.is_chunked:  # 还有下一块：这一步的 logits 不用 / more chunks: unused
-                self.tree_cache.cache_unfinished_req(req)
+            if was_chunked:  # 还有下一块：这一步的 logits 不用 / more chunks follow: the logits are unused
                 continue
             if bad:
                 req.finished_reason = FINISH_ABORT("the model produced NaN/Inf logits")
@@ -695,10 +730,9 @@ class Scheduler:
                 if req in self.running_reqs:
                     self.running_reqs.remove(req)
                 self.tree_cache.cache_finished_req(req)
-            elif mode.is_extend():
-                self.tree_cache.cache_unfinished_req(req)
-                self.running_reqs.append(req)
-            out.add(req, new_ids)
+            rows.append(req)
+            row_ids.append(new_ids)
+        out.add_many(rows, row_ids)
 
     # ======== 管理 / Maintenance ========
     def flush_cache(self) -> bool:

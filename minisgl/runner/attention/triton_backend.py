@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minisgl.utils import to_device
+from minisgl.utils import host_tensor, to_device
 from minisgl.runner.attention.triton_ops import decode_attention_fwd, extend_attention_fwd, get_num_kv_splits
 from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd
 
@@ -199,7 +199,7 @@ class TritonAttnBackend:
         members += [0] * (max_bs - len(members))
         packed = (cas_len + cas_splits + members + group_indptr + [group_indptr[-1]] * pad
                   + first + [0] * pad + prefix_lens + [0] * pad + group_splits + [0] * pad)
-        host = torch.tensor(packed, dtype=torch.int32)
+        host = host_tensor(packed, torch.int32)
         # 固定地址的缓冲区，原地写入（锁页内存 + 异步，主机不等）/ in place, pinned + async: the host never waits
         self.cas_meta.copy_(host.pin_memory() if self.cas_meta.is_cuda else host, non_blocking=True)
         need = sum(prefix_lens)
