@@ -142,12 +142,15 @@ class RadixCache:
         2·len element comparisons in all, tens of times faster than a per-token Python loop; lpm runs
         match_prefix over the whole waiting queue each round, so this is hot.
         """
+        a = a if isinstance(a, list) else list(a)  # 列表与元组永远不相等：统一成列表 / a list never equals a tuple
+        b = b if isinstance(b, list) else list(b)
         lo, hi = 0, min(len(a), len(b))  # 不变式 / invariant: a[:lo] == b[:lo]，第一个不同处 ≤ hi
-        if list(a[:hi]) == list(b[:hi]):
+        # 最常见的是整个节点都匹配：较短的一方不切片，少复制一次 / most often the whole node matches: no copy of the shorter
+        if (a if hi == len(a) else a[:hi]) == (b if hi == len(b) else b[:hi]):
             lo = hi
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if list(a[lo:mid]) == list(b[lo:mid]):
+            if a[lo:mid] == b[lo:mid]:
                 lo = mid
             else:
                 hi = mid - 1
