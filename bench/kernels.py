@@ -84,6 +84,15 @@ def bench_ms(fn) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def timed_or_failed(fn, *tag) -> tuple:
+    """(ms, *tag)；这个配置跑不起来时（共享内存不够等）(inf, *tag, 错误)。(inf, *tag, error) when it cannot run."""
+    try:
+        fn()
+        return (bench_ms(fn), *tag)
+    except Exception as e:  # 共享内存不够等 / e.g. out of shared memory
+        return (float("inf"), *tag, repr(e)[:60])
+
+
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     """设备内拷贝带宽 GB/s（读+写）/ device-to-device copy bandwidth, read + write."""
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
@@ -378,11 +387,7 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
         def prefix_fn():
             cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
                                prefix_idx, group_splits, grid_splits, max_members, D**-0.5, config=cfg)
-        try:
-            prefix_fn()
-            results.append((bench_ms(prefix_fn), n_splits, cfg))
-        except Exception as e:  # 共享内存不够等 / e.g. out of shared memory
-            results.append((float("inf"), n_splits, cfg, repr(e)[:60]))
+        results.append(timed_or_failed(prefix_fn, n_splits, cfg))
     results.sort(key=lambda r: r[0])
     for ms, n_splits, cfg, *_ in results[:8]:
         print(f"  prefix stage  {ms:8.4f} ms {prefix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}")
@@ -415,11 +420,7 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
         def sweep_fn():
             decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns_try, MAX_KV_SPLITS,
                                  D**-0.5, config=cfg, prefix_partials=partials)
-        try:
-            sweep_fn()
-            suffix_sweep.append((bench_ms(sweep_fn), n_splits, cfg))
-        except Exception as e:  # 共享内存不够等 / e.g. out of shared memory
-            suffix_sweep.append((float("inf"), n_splits, cfg, repr(e)[:60]))
+        suffix_sweep.append(timed_or_failed(sweep_fn, n_splits, cfg))
     suffix_sweep.sort(key=lambda r: r[0])
     for ms, n_splits, cfg, *_ in suffix_sweep[:6]:
         print(f"  suffix stage  {ms:8.4f} ms {suffix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}")

@@ -84,6 +84,7 @@ def run_minisgl(args, prompts, outs) -> dict:
     if args.torch_sampler:
         engine.scheduler.sampler.use_fused = False  # 对照：torch 采样路径 / A/B: the torch sampling path
     timeline = StepTimeline(engine.scheduler) if args.timeline else None
+    steps_before = engine.scheduler.forward_ct  # 热身的步数不算 / the warm-up's steps do not count
     t = time.perf_counter()
     results = engine.generate(input_ids=prompts, sampling_params=params)
     sync()
@@ -102,7 +103,7 @@ def run_minisgl(args, prompts, outs) -> dict:
     del engine
     gc.collect()
     return {"elapsed_s": elapsed, "load_s": load_s, "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_bpt,
-            "forward_steps": stats["forward_ct"], "retractions": stats["num_retractions"], "overlap_schedule": overlap,
+            "forward_steps": stats["forward_ct"] - steps_before, "retractions": stats["num_retractions"], "overlap_schedule": overlap,
             "steps": steps}
 
 

@@ -150,3 +150,24 @@ def test_plot_writes_pngs(outputs, tmp_path):
     for name in ("prefix_cache.png", "batching.png", "serving_latency.png"):
         with open(tmp_path / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timeline_accounts_for_every_step(tmp_path):
+    """--timeline（bench/step_timeline.py）：每一步都记在某一档里，主机各阶段的时间加起来就是总时间。
+
+    Every launched batch lands in one bucket, and the host phases add up to the measured total.
+    On CPU there are no CUDA events, so no GPU busy / idle columns.
+    """
+    path = tmp_path / "throughput.json"
+    p = run_bench("offline_throughput.py", "--quick", "--timeline", "--json", str(path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = _json(path)
+    tl, host = r["timeline"], r["host_s"]
+    assert sum(d["steps"] for d in tl.values()) == r["forward_steps"]
+    assert tl["EXTEND"]["steps"] >= 1 and any(k.startswith("DECODE bs") for k in tl)
+    assert all("gpu_busy_ms_per_step" not in d for d in tl.values())  # CPU：没有 CUDA event / no CUDA events
+    phases = ("schedule", "prepare", "forward", "sample", "wait", "process", "other")
+    assert set(host) == set(phases) | {"total"} and all(host[k] >= 0 for k in phases)
+    assert abs(sum(host[k] for k in phases) - host["total"]) < 0.01 + 0.01 * host["total"]
+    assert host["forward"] > 0 and host["total"] >= r["minisgl_time_s"] * 0.99
+    assert "host s: schedule" in p.stdout

@@ -1,0 +1,63 @@
+"""utils 的两个快路径：host_tensor 必须与 torch.tensor 一模一样，check_token_ids 必须与逐个检查的规则一致。
+
+The two fast paths of minisgl/utils.py: host_tensor must equal torch.tensor exactly (values, dtype,
+shape, writable, independent of later list changes), and check_token_ids must agree with the
+per-token rule it replaces (ints only, bool rejected, inside [0, vocab)).
+"""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minisgl.utils import check_token_ids, host_tensor, to_device
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(INT64, max_size=300))
+def test_host_tensor_int64_equals_torch_tensor(values):
+    t = host_tensor(values)
+    ref = torch.tensor(values, dtype=torch.int64)
+    assert t.dtype == torch.int64 and t.shape == ref.shape and torch.equal(t, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 4), cols=st.integers(1, 50), data=st.data())
+def test_host_tensor_nested_and_int32(rows, cols, data):
+    values = [data.draw(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=cols, max_size=cols)) for _ in range(rows)]
+    t = host_tensor(values, torch.int32)
+    assert t.dtype == torch.int32 and torch.equal(t, torch.tensor(values, dtype=torch.int32))
+
+
+def test_host_tensor_edge_cases():
+    assert host_tensor([]).shape == (0,) and host_tensor([]).dtype == torch.int64
+    assert torch.equal(host_tensor([[0.5], [2.0]], torch.float32), torch.tensor([[0.5], [2.0]]))
+    assert torch.equal(host_tensor([True, False], torch.bool), torch.tensor([True, False]))  # torch.tensor 兜底 / fallback
+    src = [1, 2, 3]
+    t = host_tensor(src)
+    src[0] = 99  # 之后改列表不影响张量 / later list edits do not leak in
+    t[1] = 7  # 张量可写 / the tensor is writable
+    assert t.tolist() == [1, 7, 3]
+    with pytest.raises(ValueError, match="rows of different lengths"):
+        host_tensor([[1, 2], [3]])
+    assert torch.equal(to_device([[1, 2], [3, 4]], torch.int64, "cpu"), torch.tensor([[1, 2], [3, 4]]))
+
+
+def _reference(ids, vocab):
+    """被替换掉的逐个检查。The per-token rule that check_token_ids replaces."""
+    if any(type(t) is not int for t in ids):
+        return "input_ids must be integers"
+    bad = [t for t in ids if not 0 <= t < vocab]
+    return None if not bad else "outside"
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.one_of(st.integers(-3, 12), st.booleans(), st.floats(0, 5)), max_size=20))
+def test_check_token_ids_matches_the_per_token_rule(ids):
+    got, ref = check_token_ids(ids, 10), _reference(ids, 10)
+    assert (got is None) == (ref is None), (ids, got)
+    if ref == "outside":
+        assert "outside the vocabulary [0, 10)" in got
+    elif ref is not None:
+        assert got == ref
