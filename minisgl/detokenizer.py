@@ -60,6 +60,14 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.stop_strs = list(stop_strs)
+        # 快路径：直接调 Rust 分词器的 decode。transformers 的 decode 包装每次多花约 7 µs，而流式时每个请求每步解码两次
+        # （bs 256：512 次）。只在包装不额外处理文字（clean_up_tokenization_spaces 关）时用；结果相同（测试验证）。
+        # Fast path: call the Rust tokenizer's decode directly. transformers' wrapper adds ~7 µs a call,
+        # and streaming decodes twice per request per step (512 calls at bs 256). Used only when the
+        # wrapper changes nothing (clean_up_tokenization_spaces off); same text (tested).
+        rust = getattr(tokenizer, "_tokenizer", None)
+        self._rust_decode = (rust.decode if rust is not None and hasattr(rust, "decode")
+                             and not getattr(tokenizer, "clean_up_tokenization_spaces", True) else None)
         # 以 prompt 的最后几个 token 作为上下文，第一个输出 token 也能正确解码。
         # The prompt's last tokens give context for decoding the first output token.
         ctx = list(prompt_ids[-INIT_INCREMENTAL_DETOKENIZATION_OFFSET:])
@@ -70,6 +78,8 @@ class IncrementalDetokenizer:
         self.sent = 0  # 已经交给调用者的字符数 / characters already handed out
 
     def _decode(self, ids: Sequence[int]) -> str:
+        if self._rust_decode is not None:
+            return self._rust_decode(list(ids), skip_special_tokens=self.skip_special_tokens)
         return self.tokenizer.decode(list(ids), skip_special_tokens=self.skip_special_tokens)
 
     def append(self, new_ids: Sequence[int]) -> str:

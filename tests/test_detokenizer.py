@@ -49,3 +49,30 @@ def test_stop_string_trimmed_and_held_back(tok):
     d.flush()
     sent += d.take(True, matched_stop="STOP")
     assert sent == "hello world "
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_fast_decode_equals_the_tokenizer(tok, skip):
+    """快路径（直接调 Rust 分词器）与 tokenizer.decode 逐字相同，包括特殊 token 与半个字符的字节。
+
+    The fast path (the Rust tokenizer called directly) gives tokenizer.decode's text exactly,
+    special tokens and half-character bytes included; it is off when the wrapper would clean up spaces.
+    """
+    import random
+
+    from minisgl.utils import load_tokenizer
+    from minisgl.server_args import ServerArgs
+
+    rng = random.Random(0)
+    for t in (tok, load_tokenizer(ServerArgs().resolve().tokenizer_path)):
+        d = IncrementalDetokenizer(t, skip_special_tokens=skip)
+        assert d._rust_decode is not None  # 两个分词器都走快路径 / both tokenizers take the fast path
+        specials = list(t.all_special_ids)
+        for _ in range(200):
+            ids = [rng.choice(specials) if rng.random() < 0.1 else rng.randrange(len(t)) for _ in range(rng.randint(0, 12))]
+            assert d._decode(ids) == t.decode(ids, skip_special_tokens=skip), ids
+    t.clean_up_tokenization_spaces = True
+    try:
+        assert IncrementalDetokenizer(t)._rust_decode is None
+    finally:
+        t.clean_up_tokenization_spaces = False

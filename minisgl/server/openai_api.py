@@ -93,7 +93,15 @@ _LINE_BREAKERS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029"
 
 
 def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKERS)}\n\n"
+    text = json.dumps(obj, ensure_ascii=False)
+    # 先查三个字符在不在（C 速度，约 0.3 µs）：str.translate 对非 ASCII 文字逐字查表，一个 1.4k 字符的事件要约
+    # 170 µs，比 json.dumps 本身慢 5 倍，而流式时每个请求每个 token 都发一个事件。
+    # Look for the three first (C speed, ~0.3 µs): str.translate looks every character up in a dict
+    # for non-ASCII text, ~170 µs for a 1.4k-character event, 5x json.dumps itself, and a stream sends
+    # one event per token per request.
+    if "\x85" in text or "\u2028" in text or "\u2029" in text:
+        text = text.translate(_LINE_BREAKERS)
+    return f"data: {text}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"
