@@ -261,6 +261,37 @@ def test_requests_that_end_at_their_first_token(checkpoint):
     sched.check_pool_whole()
 
 
+def test_abort_while_a_prefill_is_in_flight(checkpoint):
+    """prefill 已在发射时加入运行批、插进前缀树；它还在路上时被中止：照样以 abort 结束、槽位全部还回，别人不受影响。
+
+    A prefill joined the running batch and the prefix tree at launch; aborting its request while the
+    prefill is still in flight ends it with an abort, returns every slot, and leaves the others alone.
+    Covers a whole prompt and a middle chunk.
+    """
+    kw = dict(chunked_prefill_size=16, max_prefill_tokens=16)
+    ref = _scheduler(checkpoint, overlap=False, **kw)
+    _add(ref, "keep", [7, 8, 9], max_new_tokens=5, ignore_eos=True)
+    expected = _tokens(ref.run_until_idle())
+    for victim_len in (4, 40):  # 整段 / whole prompt; 40 个 token 的第一块 / the first chunk of 40
+        sched = _scheduler(checkpoint, **kw)
+        _add(sched, "victim", list(range(5, 5 + victim_len)), max_new_tokens=6, ignore_eos=True)
+        step = sched.step()
+        assert step.forward_mode == ForwardMode.EXTEND and sched.inflight is not None
+        assert [r.rid for r in sched.inflight.reqs] == ["victim"]
+        sched.abort_request("victim")  # 它的 prefill 还在路上 / its prefill is still in flight
+        _add(sched, "keep", [7, 8, 9], max_new_tokens=5, ignore_eos=True)
+        got, reasons = {}, {}
+        while sched.has_work():
+            step = sched.step()
+            for rid, ids, reason in zip(step.out.rids, step.out.output_ids, step.out.finished_reasons):
+                got.setdefault(rid, []).extend(ids)
+                if reason:
+                    reasons[rid] = reason
+        assert reasons["victim"]["type"] == "abort", victim_len
+        assert got["keep"] == expected["keep"], victim_len
+        sched.check_pool_whole()
+
+
 def test_decode_reads_the_device_token_buffer(checkpoint, monkeypatch):
     """decode 的输入来自设备上的 last_token_ids，它每步都必须等于主机上的最后一个输出 token。
 
