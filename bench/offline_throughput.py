@@ -98,13 +98,13 @@ def run_minisgl(args, prompts, outs) -> dict:
                                            engine.scheduler.model_runner.dtype)
     stats = engine.scheduler.get_stats()
     overlap = engine.server_args.enable_overlap_schedule
-    steps = None if timeline is None else {"timeline": timeline.summary(kv_bpt), "host": timeline.host_summary()}
+    timed = {} if timeline is None else {"timeline": timeline.summary(kv_bpt), "host_s": timeline.host_summary()}
     engine.shutdown()
     del engine
     gc.collect()
     return {"elapsed_s": elapsed, "load_s": load_s, "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_bpt,
             "forward_steps": stats["forward_ct"] - steps_before, "retractions": stats["num_retractions"], "overlap_schedule": overlap,
-            "steps": steps}
+            **timed}
 
 
 def run_hf(args, prompts, outs) -> dict:
@@ -191,15 +191,14 @@ def main() -> None:
         "lower_bound_GB": {k: round(v / 1e9, 2) for k, v in lb.items()},
         "roofline_fraction": round(lb["total"] / bw / m["elapsed_s"], 3) if bw == bw else None,
     }
-    if m["steps"]:
-        res["timeline"], res["host_s"] = m["steps"]["timeline"], m["steps"]["host"]
+    res.update({k: m[k] for k in ("timeline", "host_s") if k in m})
     if args.hf:
         h = run_hf(args, prompts, outs)
         res["hf_time_s"] = round(h["elapsed_s"], 3)
         res["hf_output_tok_s"] = round(h["output_tokens"] / h["elapsed_s"], 1)
         res["speedup_vs_hf"] = round(res["minisgl_output_tok_s"] / res["hf_output_tok_s"], 2)
     print(json.dumps(res, indent=2))
-    if m["steps"]:
+    if "timeline" in res:
         print_summary(res["timeline"], res["host_s"], indent="")
     if args.json:
         with open(args.json, "w") as f:

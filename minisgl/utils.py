@@ -109,8 +109,6 @@ def to_device(data, dtype, device) -> "torch.Tensor":
     if str(device).startswith("cuda"):
         host = data.to(dtype) if isinstance(data, torch.Tensor) else host_tensor(data, dtype)
         return host.pin_memory().to(device, non_blocking=True)
-    if isinstance(data, torch.Tensor):
-        return data.to(device=device, dtype=dtype)
     return host_tensor(data, dtype).to(device)
 
 

@@ -164,21 +164,12 @@ def test_abort_while_the_step_is_in_flight(checkpoint):
     for s in (ref, sched):
         for i in range(3):
             _add(s, f"r{i}", [5 + i, 6, 7, 8, 9], max_new_tokens=16, ignore_eos=True)
-    expected = {}
-    for step in ref.run_until_idle():
-        for rid, ids in zip(step.out.rids, step.out.output_ids):
-            expected.setdefault(rid, []).extend(ids)
-    got, reasons = {}, {}
+    expected = _tokens(ref.run_until_idle())
     for _ in range(4):
         sched.step()
     assert sched.inflight is not None and sched.inflight.mode == ForwardMode.DECODE
     sched.abort_request("r1")  # r1 的这一步还在路上 / r1's step is still in flight
-    while sched.has_work():
-        step = sched.step()
-        for rid, ids, reason in zip(step.out.rids, step.out.output_ids, step.out.finished_reasons):
-            got.setdefault(rid, []).extend(ids)
-            if reason:
-                reasons[rid] = reason
+    got, reasons = _collect(sched.run_until_idle())
     assert reasons["r1"]["type"] == "abort"
     assert got["r0"] == expected["r0"][3:] and got["r2"] == expected["r2"][3:]  # 前 3 个 token 在前 4 步里 / in the first 4 steps
     sched.check_pool_whole()
@@ -201,12 +192,19 @@ def _launch_log(sched):
     return log
 
 
-def _tokens(steps):
-    got = {}
+def _collect(steps):
+    """每个请求的 token 与结束原因。Each request's tokens and finish reason over the steps."""
+    got, reasons = {}, {}
     for step in steps:
-        for rid, ids in zip(step.out.rids, step.out.output_ids):
+        for rid, ids, reason in zip(step.out.rids, step.out.output_ids, step.out.finished_reasons):
             got.setdefault(rid, []).extend(ids)
-    return got
+            if reason:
+                reasons[rid] = reason
+    return got, reasons
+
+
+def _tokens(steps):
+    return _collect(steps)[0]
 
 
 def test_a_prefill_does_not_stop_the_pipeline(checkpoint):
@@ -280,13 +278,7 @@ def test_abort_while_a_prefill_is_in_flight(checkpoint):
         assert [r.rid for r in sched.inflight.reqs] == ["victim"]
         sched.abort_request("victim")  # 它的 prefill 还在路上 / its prefill is still in flight
         _add(sched, "keep", [7, 8, 9], max_new_tokens=5, ignore_eos=True)
-        got, reasons = {}, {}
-        while sched.has_work():
-            step = sched.step()
-            for rid, ids, reason in zip(step.out.rids, step.out.output_ids, step.out.finished_reasons):
-                got.setdefault(rid, []).extend(ids)
-                if reason:
-                    reasons[rid] = reason
+        got, reasons = _collect(sched.run_until_idle())
         assert reasons["victim"]["type"] == "abort", victim_len
         assert got["keep"] == expected["keep"], victim_len
         sched.check_pool_whole()
@@ -348,10 +340,7 @@ def test_host_copy_of_req_to_token_stays_equal(checkpoint):
     for s in (ref, sched):
         for i in range(4):
             _add(s, f"r{i}", shared * 2 + [30 + i] * (i + 1), max_new_tokens=10, ignore_eos=True)
-    expected = {}
-    for step in ref.run_until_idle():
-        for rid, ids in zip(step.out.rids, step.out.output_ids):
-            expected.setdefault(rid, []).extend(ids)
+    expected = _tokens(ref.run_until_idle())
     got, checked = {}, 0
     while sched.has_work():
         step = sched.step()

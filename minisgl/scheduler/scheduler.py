@@ -706,7 +706,7 @@ class Scheduler:
         """
         now = time.perf_counter()
         if chunked is None:
-            chunked = [mode.is_extend() and r.is_chunked for r in batch]
+            chunked = [r.is_chunked for r in batch] if mode.is_extend() else [False] * len(batch)
         rows: List[Req] = []  # 有输出的行，最后一次交给 out / rows with output, handed to `out` at once
         row_ids: List[List[int]] = []
         for req, tok, bad, lp, was_chunked in zip(batch, next_ids, bad_rows, logprobs or [None] * len(batch),
