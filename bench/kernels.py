@@ -218,7 +218,7 @@ def bench_shared_prefix(copy_gbs: float, rows: list):
         print(f"  {name:28s} {ms:8.4f} ms {gbs:8.0f} GB/s ({100 * gbs / copy_gbs:5.1f}% of copy)  splits {int(ns[0])}")
         rows.append(dict(kind="shared_prefix", layout=name, bs=bs, seq=seq, ms=ms, gbs=gbs))
     # cascade：每组前缀只读一次（cascade_attention.py），后缀照常 / each prefix once per group, suffixes as usual
-    from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd
+    from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd, prefix_work_items
 
     full_idx = layouts["shared, groups adjacent"]
     ref_fn, ref_o, _ = run_decode((q, k_buf, v_buf, kv_indptr, full_idx, seq_lens))
@@ -234,6 +234,7 @@ def bench_shared_prefix(copy_gbs: float, rows: list):
     cas_len = torch.full((bs,), prefix, dtype=torch.int32, device="cuda")
     for n_splits in (1, 2, 4):
         group_splits = torch.full((groups,), n_splits, dtype=torch.int32, device="cuda")
+        work = torch.tensor(prefix_work_items([n_splits] * groups), dtype=torch.int32, device="cuda")
         cas_splits = torch.full((bs,), n_splits, dtype=torch.int32, device="cuda")
         cas_out = torch.empty(bs, H, n_splits, D, dtype=torch.float32, device="cuda")
         cas_lse = torch.empty(bs, H, n_splits, dtype=torch.float32, device="cuda")
@@ -244,7 +245,7 @@ def bench_shared_prefix(copy_gbs: float, rows: list):
 
         def cascade_fn():
             cfg = cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
-                                     prefix_idx, group_splits, n_splits, per_group, D**-0.5)
+                                     prefix_idx, group_splits, work, per_group, D**-0.5)
             decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS,
                                  D**-0.5, prefix_partials=(cas_out, cas_lse, cas_len, cas_splits, cfg["BLOCK_N"]))
 
@@ -324,7 +325,18 @@ def bench_mixed(copy_gbs: float, rows: list):
         for pol in policies:  # 每个策略的最好配置 / the best config of each policy
             best = next(r for r in results if r[1] == pol)
             print(f"      best of {pol:9s} {best[0]:8.4f} ms  {best[2]}")
-        rows.append(dict(kind="mixed_decode", bs=bs, bytes=nbytes,
+        # grid 的段轴（缺省 vs MAX_KV_SPLITS = 旧的 grid）/ the grid's slice axis (default vs the old MAX_KV_SPLITS)
+        ns = split_policy(seq_lens, "auto")
+        grid_ms = {}
+        for gs in (None, 1, 4, MAX_KV_SPLITS):
+            o = torch.empty_like(q)
+            logits = torch.empty(bs, H, MAX_KV_SPLITS, D, dtype=torch.float32, device="cuda")
+            lse = torch.empty(bs, H, MAX_KV_SPLITS, dtype=torch.float32, device="cuda")
+            grid_ms[str(gs or "default")] = bench_ms(lambda: decode_attention_fwd(
+                q, k_buf, v_buf, o, kv_indptr, kv_indices, logits, lse, ns, MAX_KV_SPLITS, D**-0.5,
+                config={**engine_cfg, "grid_splits": gs}))
+        print("      grid slice axis: " + "  ".join(f"{k} {v:.4f} ms" for k, v in grid_ms.items()))
+        rows.append(dict(kind="mixed_decode", bs=bs, bytes=nbytes, grid_splits_ms=grid_ms,
                          results=[(r[0], r[1], r[2], str(r[3])) for r in results]))
         del batch
         torch.cuda.empty_cache()
@@ -348,7 +360,12 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     16 组 × 16 个请求，前缀 2048 + 各自 256（bench/prefix_cache.py 的形状，lpm 把一组聚在一起时）。
     16 groups x 16 requests, prefix 2048 + 256 own tokens (prefix_cache.py's shape once lpm keeps groups together).
     """
-    from minisgl.runner.attention.triton_ops.cascade_attention import cascade_config, cascade_prefix_fwd
+    from minisgl.runner.attention.triton_ops.cascade_attention import (
+        cascade_config,
+        cascade_prefix_fwd,
+        prefix_programs,
+        prefix_work_items,
+    )
 
     groups, per_group, prefix, suffix = 16, 16, 2048, 256
     bs = groups * per_group
@@ -362,9 +379,11 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     suffix_idx = per_row[:, prefix:].reshape(-1).contiguous()
     suffix_indptr = torch.arange(bs + 1, dtype=torch.int32, device="cuda") * suffix
     suffix_lens = torch.full((bs,), suffix, dtype=torch.int32, device="cuda")
-    # 和引擎一样：组数补到 G = max_bs // 2（空组），grid 按 8 段启动，BLOCK_M 按 64 // GROUP 个成员。
-    # As in the engine: groups padded to G = max_bs // 2 (empty ones), a grid of 8 slices, BLOCK_M for 64 // GROUP members.
+    # 和引擎一样：组数补到 G = max_bs // 2（空组，工作表里没有它们），BLOCK_M 按 64 // GROUP 个成员。
+    # As in the engine: groups padded to G = max_bs // 2 (empty ones, absent from the work list), BLOCK_M
+    # for 64 // GROUP members.
     G, grid_splits, max_members = bs // 2, 8, max(2, 64 // (H // HKV))
+    programs = prefix_programs(HKV, torch.cuda.get_device_properties(0).multi_processor_count)
     group_indptr = (torch.arange(G + 1, device="cuda").clamp(max=groups) * per_group).to(torch.int32)
     members = torch.arange(bs, dtype=torch.int32, device="cuda")
     prefix_indptr = (torch.arange(G + 1, device="cuda").clamp(max=groups) * prefix).to(torch.int32)
@@ -377,16 +396,35 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     prefix_bytes = groups * prefix * HKV * D * 2 * DTYPE.itemsize
     suffix_bytes = bs * suffix * HKV * D * 2 * DTYPE.itemsize
     results = []
-    for n_splits, bn, nw, st in itertools.product((1, 2, 4, 8), (32, 64, 128), (4, 8), (2, 3)):
-        cfg = dict(BLOCK_N=bn, num_warps=nw, num_stages=st)
+    cas_out = torch.empty(bs, H, grid_splits, D, dtype=torch.float32, device="cuda")
+    cas_lse = torch.empty(bs, H, grid_splits, dtype=torch.float32, device="cuda")
+
+    def prefix_inputs(n_splits):
         group_splits = torch.zeros(G, dtype=torch.int32, device="cuda")
         group_splits[:groups] = n_splits
-        cas_out = torch.empty(bs, H, grid_splits, D, dtype=torch.float32, device="cuda")
-        cas_lse = torch.empty(bs, H, grid_splits, dtype=torch.float32, device="cuda")
+        work = torch.tensor(prefix_work_items([n_splits] * groups), dtype=torch.int32, device="cuda")
+        return group_splits, work
+
+    # 常驻 program 的个数：缺省（每 SM 两个）、翻倍，和“每项一个 program”（G × 8，像旧的 grid：大多没活）。
+    # The number of persistent programs: the default (two per SM), twice that, and one per possible item
+    # (G x 8, like the old grid, most of them idle).
+    print("  prefix stage by number of programs per KV head (64/4/3, 2 slices):")
+    for n_prog in (programs, 2 * programs, G * grid_splits):
+        group_splits, work = prefix_inputs(2)
+
+        def grid_fn():
+            cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
+                               prefix_idx, group_splits, work, max_members, D**-0.5, config={"num_programs": n_prog})
+        ms = bench_ms(grid_fn)
+        print(f"    {n_prog:5d} programs  {ms:8.4f} ms {prefix_bytes / ms / 1e6:7.0f} GB/s")
+        rows.append(dict(kind="cascade_prefix_programs", programs=n_prog, ms=ms))
+    for n_splits, bn, nw, st in itertools.product((1, 2, 4, 8), (32, 64, 128), (4, 8), (2, 3)):
+        cfg = dict(BLOCK_N=bn, num_warps=nw, num_stages=st)
+        group_splits, work = prefix_inputs(n_splits)
 
         def prefix_fn():
             cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
-                               prefix_idx, group_splits, grid_splits, max_members, D**-0.5, config=cfg)
+                               prefix_idx, group_splits, work, max_members, D**-0.5, config=cfg)
         results.append(timed_or_failed(prefix_fn, n_splits, cfg))
     results.sort(key=lambda r: r[0])
     for ms, n_splits, cfg, *_ in results[:8]:
@@ -395,13 +433,10 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     for ms, n_splits, cfg, *_ in default:
         print(f"  prefix stage  {ms:8.4f} ms {prefix_bytes / ms / 1e6:7.0f} GB/s  splits {n_splits} {cfg}  <- default config")
     best_ms, best_splits, best_cfg = results[0][:3]
-    group_splits = torch.zeros(G, dtype=torch.int32, device="cuda")
-    group_splits[:groups] = best_splits
+    group_splits, work = prefix_inputs(best_splits)
     cas_splits = torch.full((bs,), best_splits, dtype=torch.int32, device="cuda")
-    cas_out = torch.empty(bs, H, grid_splits, D, dtype=torch.float32, device="cuda")
-    cas_lse = torch.empty(bs, H, grid_splits, dtype=torch.float32, device="cuda")
     cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr, prefix_idx,
-                       group_splits, grid_splits, max_members, D**-0.5, config=best_cfg)
+                       group_splits, work, max_members, D**-0.5, config=best_cfg)
     partials = (cas_out, cas_lse, cas_len, cas_splits, best_cfg["BLOCK_N"])
 
     def suffix_fn():
@@ -411,6 +446,17 @@ def bench_cascade_parts(copy_gbs: float, rows: list):
     def plain_suffix_fn():
         decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS, D**-0.5)
 
+    # 后缀级 grid 的段轴：缺省（大批量 2）、1、4，和 MAX_KV_SPLITS（旧的 grid：每个请求只有 1 段，15/16 的 program 没活）。
+    # The suffix stage's slice axis: the default (2 at large batch), 1, 4, and MAX_KV_SPLITS (the old
+    # grid: one slice per request here, so 15 of 16 programs idle).
+    print("  suffix stage by grid slice axis (default config):")
+    for gs in (None, 1, 4, MAX_KV_SPLITS):
+        def gs_fn():
+            decode_attention_fwd(q, k_buf, v_buf, o, suffix_indptr, suffix_idx, logits, lse, ns, MAX_KV_SPLITS,
+                                 D**-0.5, config={"grid_splits": gs}, prefix_partials=partials)
+        ms = bench_ms(gs_fn)
+        print(f"    grid splits {str(gs or 'default'):>7s}  {ms:8.4f} ms {suffix_bytes / ms / 1e6:7.0f} GB/s")
+        rows.append(dict(kind="suffix_grid_splits", grid_splits=gs, ms=ms))
     # 后缀级（就是普通 decode 内核加上合并）也扫一遍：段数 × 配置。The suffix stage swept too: splits x config.
     suffix_sweep = []
     for n_splits, bn, nw, st in itertools.product((1, 2), (32, 64, 128), (2, 4), (2, 3)):

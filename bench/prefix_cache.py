@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     # 传给引擎的参数（名字同 minisgl serve）/ engine flags, named as in `minisgl serve`
     ap.add_argument("--page-size", type=int)
     ap.add_argument("--max-running-requests", type=int)
+    ap.add_argument("--cuda-graph-max-bs", type=int)
     ap.add_argument("--chunked-prefill-size", type=int)
     ap.add_argument("--max-prefill-tokens", type=int)
     ap.add_argument("--max-total-tokens", type=int)
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 QUICK = dict(num_groups=4, prompts_per_group=4, system_len=384, question_len=32, output_len=8,
              conversations=4, turns=3, mt_system_len=128, mt_question_len=32, mt_output_len=16)
-ENGINE_FLAGS = ("page_size", "max_running_requests", "chunked_prefill_size", "max_prefill_tokens",
+ENGINE_FLAGS = ("page_size", "max_running_requests", "cuda_graph_max_bs", "chunked_prefill_size", "max_prefill_tokens",
                 "max_total_tokens", "mem_fraction_static", "attention_backend")
 
 

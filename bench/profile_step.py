@@ -45,10 +45,13 @@ def main() -> None:
                          " / every N prompts share all but their last 128 tokens (shared-prefix decode, cascade)")
     ap.add_argument("--kernels", action="store_true",
                     help="再用 torch.profiler 列出 decode 步里最耗时的 GPU kernel / list the top GPU kernels of decode steps")
+    ap.add_argument("--max-running-requests", type=int, help="缺省同引擎 / default: the engine's")
+    ap.add_argument("--cuda-graph-max-bs", type=int, help="缺省同引擎 / default: the engine's")
     a = ap.parse_args()
     from minisgl import Engine
 
-    engine = Engine(a.model_path)
+    engine_kw = {k: getattr(a, k) for k in ("max_running_requests", "cuda_graph_max_bs") if getattr(a, k) is not None}
+    engine = Engine(a.model_path, **engine_kw)
     sched = engine.scheduler
     sync = torch.cuda.synchronize if engine.server_args.device == "cuda" else (lambda: None)
     rng = random.Random(0)

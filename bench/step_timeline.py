@@ -140,8 +140,10 @@ class StepTimeline:
         out: dict = {}
         for i, ((t0, mode, bs, kv), (t1, *_)) in enumerate(zip(rows, rows[1:])):
             if mode == "DECODE":
-                hi = min(256, 32 * ((bs + 31) // 32))
-                key = f"DECODE bs {hi - 31}-{hi}"
+                # 256 以内每 32 一档，再往上每 128 一档 / buckets of 32 up to 256, of 128 beyond
+                width = 32 if bs <= 256 else 128
+                hi = width * ((bs + width - 1) // width)
+                key = f"DECODE bs {hi - width + 1}-{hi}"
             else:
                 key = mode
             d = out.setdefault(key, {"steps": 0, "time_s": 0.0, "kv_GB": 0.0, "gpu_busy_s": 0.0, "gpu_idle_s": 0.0})

@@ -37,6 +37,23 @@ def test_plan_groups_only_real_sharing():
     assert plan_prefix_groups([(5, 100), (5, 100)], min_len=64).members == [[0, 1]]
 
 
+def test_prefix_work_items_list_every_slice_once():
+    assert cas_mod.prefix_work_items([2, 0, 1]) == [3, 0, 0, 0, 1, 2, 0]
+    assert cas_mod.prefix_work_items([]) == [0]
+
+
+@pytest.mark.parametrize("n_groups,programs", [(1, 33), (16, 33), (17, 33), (33, 33), (64, 33), (100, 33), (5, 1)])
+def test_choose_prefix_splits_has_the_least_makespan(n_groups, programs):
+    # 最忙的 program 做 ceil(n·k / P) 项、每项 1/k 个前缀：选出的 k 不比 1..8 里任何一个差，打平取小的。
+    # The busiest program does ceil(n·k / P) items of 1/k of a prefix: the choice is no worse than any
+    # k in 1..8, and the smallest of equals.
+    def cost(k):
+        return -(-n_groups * k // programs) / k
+
+    k = cas_mod.choose_prefix_splits(n_groups, programs, 8)
+    assert all(cost(k) < cost(j) or (cost(k) == cost(j) and k <= j) for j in range(1, 9))
+
+
 def _cascade_inputs(groups, prefix_slots, dev):
     """members / indptr 张量 + 每个请求的前缀长度。Metadata tensors and each request's prefix length."""
     members, group_indptr, prefix_indptr, prefix_indices = [], [0], [0], []
@@ -50,9 +67,14 @@ def _cascade_inputs(groups, prefix_slots, dev):
             torch.tensor(prefix_indices, dtype=torch.int64, device=dev))
 
 
-@pytest.mark.parametrize("heads,kv_heads,num_splits,dtype",
-                         [(4, 2, 1, torch.float32), (4, 2, 3, torch.float32), (2, 2, 2, torch.float32), (4, 1, 2, torch.float32), (4, 2, 2, HALF), (4, 1, 2, HALF)])
-def test_cascade_equals_plain_decode(heads, kv_heads, num_splits, dtype):
+# num_programs：None = 缺省（CPU 上每个 KV 头 1 个常驻 program，它领全部工作项）；2 = 轮流领；16 = 比工作项多。
+# num_programs: None = the default (1 persistent program per KV head on the CPU, taking every item);
+# 2 = items taken in turn; 16 = more programs than items.
+@pytest.mark.parametrize("heads,kv_heads,num_splits,dtype,num_programs",
+                         [(4, 2, 1, torch.float32, None), (4, 2, 3, torch.float32, None), (4, 2, 3, torch.float32, 2),
+                          (2, 2, 2, torch.float32, 16), (4, 1, 2, torch.float32, None), (4, 2, 2, HALF, None),
+                          (4, 1, 2, HALF, 3)])
+def test_cascade_equals_plain_decode(heads, kv_heads, num_splits, dtype, num_programs):
     torch.manual_seed(0)
     D, pool = 32, 400
     k_buf = torch.randn(pool, kv_heads, D, device=DEV).to(dtype)
@@ -84,8 +106,10 @@ def test_cascade_equals_plain_decode(heads, kv_heads, num_splits, dtype):
     prefix_indptr = torch.cat([prefix_indptr, prefix_indptr[-1:]])
     group_splits = torch.tensor([num_splits, num_splits, 0], dtype=torch.int32, device=DEV)
     cas_splits = torch.tensor([num_splits if prefix_of[b] else 0 for b in range(bs)], dtype=torch.int32, device=DEV)
+    work = torch.tensor(cas_mod.prefix_work_items(group_splits.tolist()), dtype=torch.int32, device=DEV)
     cfg = cas_mod.cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
-                                     prefix_indices, group_splits, num_splits, max_members=3, sm_scale=scale)
+                                     prefix_indices, group_splits, work, max_members=3, sm_scale=scale,
+                                     config={"num_programs": num_programs} if num_programs else None)
     assert torch.isnan(cas_lse[4]).all()  # 不在组里的请求没被写 / the lone request is never written
     max_splits = 4
     o = torch.full_like(q, float("nan"))

@@ -92,7 +92,7 @@ def _make_decode(seq_lens, H, Hkv, D, page_size, dtype, seed, idx_dtype=torch.in
     return q, k_buf, v_buf, kv_indptr, kv_indices
 
 
-def _run_decode(q, k_buf, v_buf, kv_indptr, kv_indices, splits, max_splits, logit_cap=0.0):
+def _run_decode(q, k_buf, v_buf, kv_indptr, kv_indices, splits, max_splits, logit_cap=0.0, config=None):
     bs, H, D = q.shape
     sm_scale = D**-0.5
     o = torch.full_like(q, float("nan"))
@@ -102,7 +102,8 @@ def _run_decode(q, k_buf, v_buf, kv_indptr, kv_indices, splits, max_splits, logi
     attn_lse = torch.full((bs, H, max_splits), float("nan"), dtype=torch.float32, device=DEVICE)
     num_kv_splits = torch.as_tensor(splits, dtype=torch.int32, device=DEVICE)
     dec_mod.decode_attention_fwd(
-        q, k_buf, v_buf, o, kv_indptr, kv_indices, attn_logits, attn_lse, num_kv_splits, max_splits, sm_scale, logit_cap
+        q, k_buf, v_buf, o, kv_indptr, kv_indices, attn_logits, attn_lse, num_kv_splits, max_splits, sm_scale, logit_cap,
+        config=config,
     )
     ref = torch.empty_like(q, dtype=torch.float32)
     decode_attention_ref(q, k_buf, v_buf, ref, kv_indptr, kv_indices, None, None, None, max_splits, sm_scale, logit_cap)
@@ -166,6 +167,18 @@ DECODE_SMALL = [
 def test_decode_small(seq_lens, H, Hkv, D, page_size, splits, max_splits):
     batch = _make_decode(seq_lens, H, Hkv, D, page_size, torch.float32, seed=len(seq_lens) * 100 + D)
     o, ref = _run_decode(*batch, splits, max_splits)
+    _check(o, ref, torch.float32)
+
+
+@pytest.mark.parametrize("grid_splits", [1, 2, 3, 5])
+def test_decode_any_grid_splits(grid_splits):
+    # stage 1 的 grid 第三维可以少于段数：每个 program 轮流做 s、s+S、… 段；多于段数时多出的 program 不做事。
+    # 长 33、4 段（块 16 → 段长 16）：第 4 段是空的，stage 2 不能读它（工作区填了 NaN）。
+    # The grid's slice axis may be smaller than the number of slices (each program does s, s+S, ...)
+    # or larger (the spare programs do nothing). Length 33 in 4 slices of 16 leaves slice 4 empty:
+    # stage 2 must not read it (the workspaces are NaN-poisoned).
+    batch = _make_decode([33, 70, 5], 4, 2, 32, 1, torch.float32, seed=21)
+    o, ref = _run_decode(*batch, [4, 5, 1], 5, config={"grid_splits": grid_splits})
     _check(o, ref, torch.float32)
 
 

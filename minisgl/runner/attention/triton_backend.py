@@ -54,7 +54,12 @@ import triton.language as tl
 
 from minisgl.utils import host_tensor, to_device
 from minisgl.runner.attention.triton_ops import decode_attention_fwd, extend_attention_fwd, get_num_kv_splits
-from minisgl.runner.attention.triton_ops.cascade_attention import cascade_prefix_fwd
+from minisgl.runner.attention.triton_ops.cascade_attention import (
+    cascade_prefix_fwd,
+    choose_prefix_splits,
+    prefix_programs,
+    prefix_work_items,
+)
 
 MAX_KV_SPLITS = 16
 MAX_CASCADE_SPLITS = 8
@@ -109,6 +114,7 @@ class CascadeMetadata:
     prefix_indptr: torch.Tensor  # [max_groups+1] int32 → prefix_indices
     prefix_indices: torch.Tensor  # int64：每组一份前缀槽位 / one copy of each group's prefix slots
     group_splits: torch.Tensor  # [max_groups] int32：每组前缀切几段 / slices per group prefix
+    work_items: torch.Tensor  # int32 [n, g0, s0, …]：前缀级的工作表 / the prefix level's work list
     cas_len: torch.Tensor  # [bs] int32：本请求的共享前缀长度（0 = 不在组里）/ 0 = not in a group
     cas_splits: torch.Tensor  # [bs] int32：本请求所在组的段数 / slices of its group
 
@@ -142,14 +148,17 @@ class TritonAttnBackend:
         The host writes each step's groups into cas_meta (one copy); the rest is computed from it on
         the device, so the whole decode step (cascade included) can be a CUDA graph.
         cas_meta layout: cas_len [max_bs] | cas_splits [max_bs] | members [max_bs] |
-                         group_indptr [G+1] | first [G] | prefix_lens [G] | group_splits [G]
+                         group_indptr [G+1] | first [G] | prefix_lens [G] | group_splits [G] |
+                         work [1 + 2·G·MAX_CASCADE_SPLITS]（前缀级的工作表，只写用到的那一截 / the
+                         prefix level's work list: only its used head is written each step）
         """
         group = self.num_heads // self.num_kv_heads
         # 前缀级每个 program 最多 64 行 query（成员 × GROUP）/ at most 64 query rows per prefix program
         self.cascade_max_members = max(2, 64 // group)
         self.cascade_max_groups = G = max(1, max_bs // 2)  # 每组至少两人 / two members at least
         self._cas_offsets = [0, max_bs, 2 * max_bs, 3 * max_bs, 3 * max_bs + G + 1, 3 * max_bs + 2 * G + 1,
-                             3 * max_bs + 3 * G + 1, 3 * max_bs + 4 * G + 1]
+                             3 * max_bs + 3 * G + 1, 3 * max_bs + 4 * G + 1,
+                             3 * max_bs + 4 * G + 2 + 2 * G * MAX_CASCADE_SPLITS]
         self.cas_meta = torch.zeros(self._cas_offsets[-1], dtype=torch.int32, device=self.device)
         self.cas_prefix_indptr = torch.zeros(G + 1, dtype=torch.int32, device=self.device)
         # 前缀槽位：组数 × ctx 的上限；按需分配，避免不用 cascade 时白占显存。Sized G × ctx, made on first use.
@@ -159,6 +168,7 @@ class TritonAttnBackend:
         self.cas_lse = torch.empty(max_bs, self.num_heads, MAX_CASCADE_SPLITS, dtype=torch.float32, device=self.device)
         self._num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                          if str(self.device).startswith("cuda") else 1)
+        self._prefix_programs = prefix_programs(self.num_kv_heads, self._num_sms)
 
     def _cas_view(self, i: int, n: Optional[int] = None) -> torch.Tensor:
         start = self._cas_offsets[i]
@@ -182,12 +192,13 @@ class TritonAttnBackend:
             return False
         G, max_bs = self.cascade_max_groups, self._cas_offsets[1]
         pieces = pieces[:G]
-        # 段数：铺满约 2 × SM 个 program，每段至少 256 个 token / fill ~2 × SMs, ≥ 256 tokens a slice
-        by_occupancy = -(-2 * self._num_sms // (len(pieces) * self.num_kv_heads))
+        # 段数：让前缀级的常驻 program 最慢的那个做得最少，每段至少 256 个 token
+        # Slices: the least work for the busiest persistent program, at least 256 tokens a slice
+        by_makespan = choose_prefix_splits(len(pieces), self._prefix_programs, MAX_CASCADE_SPLITS)
         cas_len, cas_splits, members = [0] * max_bs, [0] * max_bs, []
         group_indptr, first, prefix_lens, group_splits = [0], [], [], []
         for rows, n in pieces:
-            k = max(1, min(MAX_CASCADE_SPLITS, by_occupancy, -(-n // 256)))
+            k = max(1, min(by_makespan, -(-n // 256)))
             for b in rows:
                 cas_len[b], cas_splits[b] = n, k
             members += rows
@@ -198,10 +209,12 @@ class TritonAttnBackend:
         pad = G - len(pieces)  # 填充组：没有成员、没有前缀 / padding groups: no members, no prefix
         members += [0] * (max_bs - len(members))
         packed = (cas_len + cas_splits + members + group_indptr + [group_indptr[-1]] * pad
-                  + first + [0] * pad + prefix_lens + [0] * pad + group_splits + [0] * pad)
+                  + first + [0] * pad + prefix_lens + [0] * pad + group_splits + [0] * pad
+                  + prefix_work_items(group_splits))
         host = host_tensor(packed, torch.int32)
-        # 固定地址的缓冲区，原地写入（锁页内存 + 异步，主机不等）/ in place, pinned + async: the host never waits
-        self.cas_meta.copy_(host.pin_memory() if self.cas_meta.is_cuda else host, non_blocking=True)
+        # 固定地址的缓冲区，原地写入（锁页内存 + 异步，主机不等）；工作表在最后，只写到它用到的地方。
+        # In place, pinned + async (the host never waits); the work list is last and written only as far as used.
+        self.cas_meta[: len(packed)].copy_(host.pin_memory() if self.cas_meta.is_cuda else host, non_blocking=True)
         need = sum(prefix_lens)
         if self.cas_prefix_indices is None or self.cas_prefix_indices.numel() < need:
             # 第一次用到时按上限分配（之后地址不变，图里可以用）/ sized to the bound once, then fixed
@@ -230,7 +243,7 @@ class TritonAttnBackend:
         self._fill_indices(fb.req_pool_indices, suffix_lens, self.kv_indptr, self.kv_indices, starts=cas_len)
         self.num_kv_splits[:bs].copy_(get_num_kv_splits(suffix_lens, self.max_kv_splits, self.num_kv_heads))
         cascade = CascadeMetadata(self._cas_view(3), self._cas_view(2), self.cas_prefix_indptr,
-                                  self.cas_prefix_indices, self._cas_view(6), cas_len, cas_splits)
+                                  self.cas_prefix_indices, self._cas_view(6), self._cas_view(7), cas_len, cas_splits)
         fb.attn_metadata = TritonMetadata(self.kv_indptr[: bs + 1], self.kv_indices,
                                           num_kv_splits=self.num_kv_splits[:bs], cascade=cascade)
 
@@ -278,7 +291,7 @@ class TritonAttnBackend:
                 c = md.cascade
                 # 前缀级先算：每组的共享前缀只读一次 / the prefix level first: each shared prefix read once
                 cfg = cascade_prefix_fwd(q, k_buf, v_buf, self.cas_out, self.cas_lse, c.group_indptr, c.members,
-                                         c.prefix_indptr, c.prefix_indices, c.group_splits, MAX_CASCADE_SPLITS,
+                                         c.prefix_indptr, c.prefix_indices, c.group_splits, c.work_items,
                                          self.cascade_max_members, scaling)
                 partials = (self.cas_out, self.cas_lse, c.cas_len, c.cas_splits, cfg["BLOCK_N"])
             decode_attention_fwd(q, k_buf, v_buf, o, md.kv_indptr, md.kv_indices, self.attn_logits[:bs],

@@ -29,8 +29,9 @@
 #   组 g（由 plan_prefix_groups 在主机上找出：同一个 radix 节点、同一前缀长度 L_g 的请求）
 #   group g (found on the host: requests matched to the same radix position, prefix length L_g)
 #
-#   前缀级 grid = (n_groups, Hkv, max_splits)（多余的 program 立即退出 / spare programs exit at once）
-#     program (g, kvh, s):
+#   前缀级 grid = (P, Hkv)，P 个常驻 program（每 SM 两个）领工作表里的 (组 g, 段 s) 项 / P persistent
+#   programs per KV head take (group g, slice s) items from a work list (prefix_work_items)
+#     item (g, s) in program (p, kvh):
 #       Q 行 = 组内每个成员 × 共享 kvh 的 GROUP 个 query 头 → [BLOCK_M, D]（成员 ≤ BLOCK_M / GROUP）
 #       for 前缀第 s 段的每块 BLOCK_N 个 token: qk = Q @ K^T [BLOCK_M, BLOCK_N]；在线 softmax；acc += p @ V
 #       写 cas_out[b, h, s, :]、cas_lse[b, h, s]（b = 成员在 batch 里的行）
@@ -54,16 +55,23 @@
 #     （普通 decode 的 q 只有 GROUP 行，补齐到 16）。The prefix level is a real matrix multiply.
 #   - 合并仍然精确：softmax 可以任意切段再用 lse 合并（decode_attention.py 文件头的公式）。
 #     The merge is exact: a softmax can be cut anywhere and merged by lse.
-#   - 能录进 CUDA graph：组的数据每步在主机上写进固定缓冲区（TritonAttnBackend.write_cascade_plan），
-#     内核按最大组数、最大段数启动，用不上的 program 直接退出。不录图的话，一步 decode 要在 Python 里
+#   - 能录进 CUDA graph：组的数据和工作表每步在主机上写进固定缓冲区（TritonAttnBackend.write_cascade_plan），
+#     内核总是启动 P × Hkv 个常驻 program，每个按工作表领活。不录图的话，一步 decode 要在 Python 里
 #     启动几百个 kernel（H200 上 bs 256 约 17 ms，比省下的显存时间还多）。
-#     CUDA-graph friendly: the groups are written into fixed buffers on the host every step, and the
-#     kernels launch for the most groups and slices, spare programs exiting. Eagerly, one decode step
-#     launches hundreds of kernels from Python (~17 ms at bs 256 on an H200), more than it saves.
+#     CUDA-graph friendly: the groups and the work list are written into fixed buffers on the host
+#     every step, and the kernel always launches P x Hkv persistent programs that take work from the
+#     list. Eagerly, one decode step launches hundreds of kernels from Python (~17 ms at bs 256 on an
+#     H200), more than it saves.
+#   - 为什么用常驻 program 和工作表：按最大组数 × 最大段数开 grid 的话，bs 256 的图要开 128 × 8 × 8 个 program，
+#     真正有活的不到 1/20；其余的每个也要占一个 SM 槽位、读一次显存才退出。
+#     Why persistent programs and a work list: a grid of the most groups x the most slices would be
+#     128 x 8 x 8 programs for the bs-256 graph, under 1/20 of them with work; each of the others still
+#     takes an SM slot and a memory read before it exits.
 #
 # 【使用方式】Usage
+#   work = torch.tensor(prefix_work_items(splits_per_group), dtype=torch.int32, device=q.device)
 #   cascade_prefix_fwd(q, k_buf, v_buf, cas_out, cas_lse, group_indptr, members, prefix_indptr,
-#                      prefix_indices, group_splits, max_splits, max_members, sm_scale)
+#                      prefix_indices, group_splits, work, max_members, sm_scale)
 #   decode_attention_fwd(..., prefix_partials=(cas_out, cas_lse, cas_len, cas_splits, BLOCK_N))
 #
 # 【对应章节】Chapter: docs/zh/08-kv-cache.md
@@ -76,7 +84,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode_attention import _dot_precision, _on_interpreter, _tanh
+from .decode_attention import _dot_precision, _num_sms, _on_interpreter, _tanh
 
 
 @triton.jit
@@ -91,6 +99,7 @@ def _prefix_stage_kernel(
     prefix_indptr,  # [n_groups + 1]：组 g 的前缀槽位是 prefix_indices[prefix_indptr[g] : ...]
     prefix_indices,  # [Σ L_g]
     group_splits,  # [n_groups] int32：组 g 的前缀切几段 / slices of group g's prefix
+    work_items,  # int32 [1 + 2n]：n, g0, s0, g1, s1, …（prefix_work_items）/ the (group, slice) list
     sm_scale,
     stride_qb,
     stride_qh,
@@ -111,69 +120,115 @@ def _prefix_stage_kernel(
     LOGIT_CAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    g = tl.program_id(0)  # 第几组 / which group
+    # 常驻 program（persistent）：grid 的第 0 维是固定的 program 数，每个 program 从工作表里领第
+    # p、p + P、p + 2P… 项，一项是一个 (组, 段)。表里只有真实的项，所以没有 program 空跑。
+    # Persistent programs: axis 0 is a fixed number P of programs; program p takes items p, p + P,
+    # ... of the work list, one (group, slice) each. The list holds only real items: nobody idles.
+    first_item = tl.program_id(0)
     cur_kv_head = tl.program_id(1)
-    split_id = tl.program_id(2)
+    n_items = tl.load(work_items)
 
-    m_start = tl.load(group_indptr + g)
-    n_members = tl.load(group_indptr + g + 1) - m_start
-    p_start = tl.load(prefix_indptr + g)
-    prefix_len = tl.load(prefix_indptr + g + 1) - p_start
-    num_splits = tl.maximum(tl.load(group_splits + g), 1)
-
-    # ---- Q 的行：第 r 行 = 成员 r // GROUP 的第 r % GROUP 个头 / row r: member r // GROUP, head r % GROUP ----
     offs_m = tl.arange(0, BLOCK_M)
-    member = offs_m // GROUP
-    mask_m = member < n_members
-    b = tl.load(members + m_start + member, mask=mask_m, other=0)  # 每行属于 batch 的哪一行 / its batch row
-    heads = cur_kv_head * GROUP + offs_m % GROUP
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     offs_n = tl.arange(0, BLOCK_N)
 
-    # 段边界与 decode stage 1 的公式相同（stage 2 会复算）/ the same slice formula as stage 1 (stage 2 recomputes it)
-    split_len = tl.cdiv(prefix_len, num_splits)
-    split_len = tl.cdiv(split_len, BLOCK_N) * BLOCK_N
-    split_start = split_len * split_id
-    split_end = tl.minimum(split_start + split_len, prefix_len)
+    for item in range(first_item, n_items, tl.num_programs(0)):
+        g = tl.load(work_items + 1 + 2 * item)  # 第几组 / which group
+        split_id = tl.load(work_items + 2 + 2 * item)  # 它的第几段 / which of its slices
 
-    # grid 按最大组数与最大段数启动（CUDA graph 需要固定的 grid），多出来的 program 直接退出；
-    # 填充的组成员数为 0、前缀长度为 0。The grid is sized for the most groups and slices (a CUDA
-    # graph needs a fixed grid); spare programs exit here (padding groups have no members, no prefix).
-    if (split_end > split_start) & (split_id < num_splits) & (n_members > 0):
-        q_ptrs = Q + b[:, None] * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
-        q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+        m_start = tl.load(group_indptr + g)
+        n_members = tl.load(group_indptr + g + 1) - m_start
+        p_start = tl.load(prefix_indptr + g)
+        prefix_len = tl.load(prefix_indptr + g + 1) - p_start
+        num_splits = tl.maximum(tl.load(group_splits + g), 1)
 
-        e_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        e_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        # 和 decode stage 1 的循环一样，只是 q 有 BLOCK_M 行（全组的 query），K/V 每块只读一次。
-        # The loop of decode stage 1, with BLOCK_M query rows (the whole group): each K/V block is read once.
-        for start_n in range(split_start, split_end, BLOCK_N):
-            offs_tok = start_n + offs_n
-            mask_n = offs_tok < split_end
-            kv_loc = tl.load(prefix_indices + p_start + offs_tok, mask=mask_n, other=0).to(tl.int64)
-            k_ptrs = K_Buffer + kv_loc[None, :] * stride_kbuf_s + cur_kv_head * stride_kbuf_h + offs_d[:, None]
-            k = tl.load(k_ptrs, mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-            qk = tl.dot(q, k, input_precision=DOT_PRECISION) * sm_scale  # [BLOCK_M, BLOCK_N]
-            if LOGIT_CAP > 0:
-                qk = LOGIT_CAP * _tanh(qk / LOGIT_CAP)
-            qk = tl.where(mask_n[None, :], qk, float("-inf"))
-            v_ptrs = V_Buffer + kv_loc[:, None] * stride_vbuf_s + cur_kv_head * stride_vbuf_h + offs_d[None, :]
-            v = tl.load(v_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-            m_new = tl.maximum(e_max, tl.max(qk, 1))
-            alpha = tl.exp(e_max - m_new)
-            p = tl.exp(qk - m_new[:, None])
-            e_sum = e_sum * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-            e_max = m_new
+        # ---- Q 的行：第 r 行 = 成员 r // GROUP 的第 r % GROUP 个头 / row r: member r // GROUP, head r % GROUP ----
+        member = offs_m // GROUP
+        mask_m = member < n_members
+        b = tl.load(members + m_start + member, mask=mask_m, other=0)  # 每行属于 batch 的哪一行 / its batch row
+        heads = cur_kv_head * GROUP + offs_m % GROUP
 
-        # 写回到每个成员自己的 (b, h) 位置；补齐的行不写 / store at each member's own (b, h); padding rows are skipped
-        out_ptrs = Cas_Out + b[:, None] * stride_ob + heads[:, None] * stride_oh + split_id * stride_os + offs_d[None, :]
-        tl.store(out_ptrs, acc / e_sum[:, None], mask=mask_m[:, None] & mask_d[None, :])
-        lse_ptrs = Cas_Lse + b * stride_lb + heads * stride_lh + split_id
-        tl.store(lse_ptrs, e_max + tl.log(e_sum), mask=mask_m)
+        # 段边界与 decode stage 1 的公式相同（stage 2 会复算）/ the same slice formula as stage 1 (stage 2 recomputes it)
+        split_len = tl.cdiv(prefix_len, num_splits)
+        split_len = tl.cdiv(split_len, BLOCK_N) * BLOCK_N
+        split_start = split_len * split_id
+        split_end = tl.minimum(split_start + split_len, prefix_len)
+
+        # 向上取整后最后一段可能是空的；stage 2 也跳过它。After the rounding a last slice may be empty; stage 2 skips it too.
+        if split_end > split_start:
+            q_ptrs = Q + b[:, None] * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
+            q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+
+            e_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            e_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            # 和 decode stage 1 的循环一样，只是 q 有 BLOCK_M 行（全组的 query），K/V 每块只读一次。
+            # The loop of decode stage 1, with BLOCK_M query rows (the whole group): each K/V block is read once.
+            for start_n in range(split_start, split_end, BLOCK_N):
+                offs_tok = start_n + offs_n
+                mask_n = offs_tok < split_end
+                kv_loc = tl.load(prefix_indices + p_start + offs_tok, mask=mask_n, other=0).to(tl.int64)
+                k_ptrs = K_Buffer + kv_loc[None, :] * stride_kbuf_s + cur_kv_head * stride_kbuf_h + offs_d[:, None]
+                k = tl.load(k_ptrs, mask=mask_n[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+                qk = tl.dot(q, k, input_precision=DOT_PRECISION) * sm_scale  # [BLOCK_M, BLOCK_N]
+                if LOGIT_CAP > 0:
+                    qk = LOGIT_CAP * _tanh(qk / LOGIT_CAP)
+                qk = tl.where(mask_n[None, :], qk, float("-inf"))
+                v_ptrs = V_Buffer + kv_loc[:, None] * stride_vbuf_s + cur_kv_head * stride_vbuf_h + offs_d[None, :]
+                v = tl.load(v_ptrs, mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+                m_new = tl.maximum(e_max, tl.max(qk, 1))
+                alpha = tl.exp(e_max - m_new)
+                p = tl.exp(qk - m_new[:, None])
+                e_sum = e_sum * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None]
+                acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+                e_max = m_new
+
+            # 写回到每个成员自己的 (b, h) 位置；补齐的行不写 / store at each member's own (b, h); padding rows are skipped
+            out_ptrs = (Cas_Out + b[:, None] * stride_ob + heads[:, None] * stride_oh + split_id * stride_os
+                        + offs_d[None, :])
+            tl.store(out_ptrs, acc / e_sum[:, None], mask=mask_m[:, None] & mask_d[None, :])
+            lse_ptrs = Cas_Lse + b * stride_lb + heads * stride_lh + split_id
+            tl.store(lse_ptrs, e_max + tl.log(e_sum), mask=mask_m)
+
+
+# ======== 工作表与段数（主机上）/ The work list and the slice count (host side) ========
+
+
+def prefix_programs(num_kv_heads: int, num_sms: int) -> int:
+    """前缀级每个 KV 头开几个常驻 program：每个 SM 两个（一个 program 约 112 KB 共享内存，SM 有 228 KB）。
+
+    Persistent programs per KV head: two per SM (one program holds ~112 KB of shared memory of an
+    SM's 228 KB), so P x Hkv programs fill the GPU in one wave.
+    """
+    return max(1, -(-2 * num_sms // num_kv_heads))
+
+
+def choose_prefix_splits(n_groups: int, programs: int, max_splits: int) -> int:
+    """每组前缀切几段，使最慢的 program 做得最少。How many slices per group prefix, for the least makespan.
+
+    n_groups × k 项分给 programs 个 program：最忙的做 ceil(n_groups·k / programs) 项，每项是前缀的 1/k，
+    所以耗时 ∝ ceil(n_groups·k / programs) / k。例：16 组、33 个 program → k = 2（32 项，一轮）；
+    17 组 → k = 7（119 项，4 轮，每项 1/7 个前缀 ≈ 0.57 个前缀，而 k = 1 或 2 都要 1 个）。打平时取小的 k（合并更省）。
+    n_groups·k items go to `programs` programs; the busiest does ceil(n_groups·k / programs) items of
+    1/k of a prefix each, so its time is ∝ ceil(n_groups·k / programs) / k. E.g. 16 groups on 33
+    programs → k = 2 (one round); 17 groups → k = 7 (4 rounds of 1/7: 0.57 of a prefix vs 1 for k = 1
+    or 2). Ties take the smaller k (less to merge).
+    """
+    if n_groups <= 0:
+        return 1
+    return min(range(1, max_splits + 1), key=lambda k: (-(-n_groups * k // programs) / k, k))
+
+
+def prefix_work_items(group_splits) -> list:
+    """工作表 [n, g0, s0, g1, s1, …]：每组的每一段一项（内核领取它们）。The work list: one item per (group, slice)."""
+    items = [0]
+    for g, k in enumerate(group_splits):
+        for s in range(k):
+            items += (g, s)
+    items[0] = (len(items) - 1) // 2
+    return items
 
 
 def cascade_config(q: torch.Tensor) -> dict:
@@ -202,7 +257,7 @@ def cascade_prefix_fwd(
     prefix_indptr: torch.Tensor,
     prefix_indices: torch.Tensor,
     group_splits: torch.Tensor,
-    max_splits: int,
+    work_items: torch.Tensor,
     max_members: int,
     sm_scale: float,
     logit_cap: float = 0.0,
@@ -210,11 +265,15 @@ def cascade_prefix_fwd(
 ) -> dict:
     """前缀级：每组的共享前缀只读一次，局部结果写进 cas_out / cas_lse。Returns the config used.
 
-    q: [bs, H, D]；cas_out: [bs, H, ≥max_splits, D] float32；cas_lse: [bs, H, ≥max_splits] float32
+    q: [bs, H, D]；cas_out: [bs, H, ≥max(group_splits), D] float32；cas_lse: [bs, H, ≥max(group_splits)] float32
     group_indptr / prefix_indptr: [n_groups + 1]；members: 成员的 batch 行 / batch rows of the members
-    group_splits: [n_groups] int32，每组的段数，都 ≤ max_splits / slices per group, each ≤ max_splits
+    group_splits: [n_groups] int32，每组的段数 / slices per group
+    work_items: int32，prefix_work_items(每组段数) 的结果（可以更长：只读前 1 + 2n 个）/ the work list
+        (may be longer: only its first 1 + 2n entries are read)
     max_members: 一组最多几个成员（决定 BLOCK_M）/ the most members a group may have (sets BLOCK_M)
-    n_groups 可以包含成员为 0 的填充组（CUDA graph 用固定的组数）/ may include empty padding groups.
+    n_groups 可以包含成员为 0 的填充组（CUDA graph 用固定的组数；工作表里没有它们）/ may include
+    empty padding groups (CUDA graphs use a fixed count; the work list skips them).
+    config: 可选，覆盖 BLOCK_N / num_warps / num_stages / num_programs / optional override for tuning
     之后调用 decode_attention_fwd(..., prefix_partials=(cas_out, cas_lse, cas_len, cas_splits, cfg["BLOCK_N"]))，
     cas_splits [bs] 是每个请求所在组的段数（不在组里为 0）/ each request's group's slices (0 outside groups).
     """
@@ -226,11 +285,13 @@ def cascade_prefix_fwd(
     cfg.update(config or {})
     if n_groups == 0:
         return cfg
+    programs = cfg.get("num_programs") or prefix_programs(num_kv_heads, 1 if _on_interpreter(q) else _num_sms(
+        q.device.index or 0))
     block_m = max(16, triton.next_power_of_2(max_members * group))
     block_d = max(16, triton.next_power_of_2(head_dim))
-    _prefix_stage_kernel[(n_groups, num_kv_heads, max_splits)](
+    _prefix_stage_kernel[(programs, num_kv_heads)](
         q, k_buffer, v_buffer, cas_out, cas_lse,
-        group_indptr, members, prefix_indptr, prefix_indices, group_splits, sm_scale,
+        group_indptr, members, prefix_indptr, prefix_indices, group_splits, work_items, sm_scale,
         q.stride(0), q.stride(1),
         k_buffer.stride(0), k_buffer.stride(1),
         v_buffer.stride(0), v_buffer.stride(1),

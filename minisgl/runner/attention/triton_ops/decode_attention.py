@@ -21,12 +21,14 @@
 #   kv_indices is the page table).
 #
 # 【核心架构】Architecture
-#   Stage 1  grid = (bs, num_kv_heads, max_kv_splits)  —— 每个 program 是一个 (请求, KV 头, 段)
+#   Stage 1  grid = (bs, num_kv_heads, S)  —— 每个 program 是一个 (请求, KV 头)，做第 s、s+S、s+2S… 段
+#            （S = _grid_splits：小批量 = 段数上限，大批量 = 2；每个 program 做一段或几段）
+#            one program per (request, KV head, s) does slices s, s+S, ... (S = _grid_splits)
 #
 #     program (b, kvh, s)                         kv_indices[kv_indptr[b] : kv_indptr[b+1]]
 #     ┌────────────────────────────┐              ├── split 0 ──┼── split 1 ──┼── split 2 ──┤
 #     │ q: [BLOCK_H, BLOCK_D]       │                                 ▲
-#     │  行 = 共享此 KV 头的 GROUP   │                                 │ 本 program 只走自己那段
+#     │  行 = 共享此 KV 头的 GROUP   │                                 │ 本 program 只走自己的段
 #     │  个 query 头（补齐到 ≥16）   │             ┌─BLOCK_N─┬─BLOCK_N─┬─...
 #     │ 循环: 每次取 BLOCK_N 个 token│ ──gather──► │ K^T [BLOCK_D, BLOCK_N] │ V [BLOCK_N, BLOCK_D]
 #     │ qk = q @ K^T  [BLOCK_H, N]   │             └─────────────────────────
@@ -170,11 +172,43 @@ def get_num_kv_splits(
     lens = seq_lens.to(torch.int64)
     if fills_gpu(bs, num_kv_heads, num_sms):  # bs 是主机上已知的整数，不需同步 / bs is a host int: no sync
         return ((lens + balance_tokens - 1) // balance_tokens).clamp(min=1, max=max_kv_splits).to(torch.int32)
-    # 主机端整数：铺满 GPU 还需要每个 (请求, KV 头) 切几段 / host int: splits needed to fill the GPU
-    want_for_occupancy = max(1, math.ceil(2 * num_sms / max(1, bs * num_kv_heads)))
-    upper = max(1, min(max_kv_splits, want_for_occupancy))
+    upper = _occupancy_splits(bs, num_kv_heads, num_sms, max_kv_splits)
     by_len = (lens + min_tokens_per_split - 1) // min_tokens_per_split  # 设备端 / on device
     return by_len.clamp(min=1, max=upper).to(torch.int32)
+
+
+def _occupancy_splits(bs: int, num_kv_heads: int, num_sms: int, max_kv_splits: int) -> int:
+    """主机端整数：铺满 GPU 还需要每个 (请求, KV 头) 切几段。Host int: splits per (request, KV head) to fill the GPU."""
+    return max(1, min(max_kv_splits, math.ceil(2 * num_sms / max(1, bs * num_kv_heads))))
+
+
+# 大批量时 grid 的第三维只开 2 个 program，每个循环做隔一段的那些段（见 _grid_splits）。
+# At large batch the grid's third axis has 2 programs, each looping over every other slice (see _grid_splits).
+LARGE_BATCH_GRID_SPLITS = 2
+
+
+def _grid_splits(bs: int, num_kv_heads: int, max_kv_splits: int, num_sms: int) -> int:
+    """stage 1 的 grid 第三维开几个 program（内核循环做其余的段，所以任何值都对）。
+
+    How many programs stage 1's grid has along its slice axis. The kernel loops over the slices
+    it is given, so any value is correct; the choice is only about speed.
+
+    【为什么不直接开 max_kv_splits 个】Why not simply max_kv_splits
+      程序数 = bs × Hkv × 第三维。大批量时段数在设备上按长度算（get_num_kv_splits），主机不知道；若按上限 16 开，
+      bs 256 的 cascade 后缀（每个请求一段）有 15/16 的 program 读完三个数就退出。退出得再快，每个也要占一个
+      SM 槽位、等一次显存读取：3 万个空 program 排在真正的 2 千个后面。所以大批量只开 LARGE_BATCH_GRID_SPLITS 个，
+      段多的请求由这几个 program 轮流做完；小批量时段数的上限就是 _occupancy_splits（主机已知），开这么多正好。
+      Programs = bs × Hkv × this axis. At large batch the slice counts are chosen on the device from
+      the lengths (get_num_kv_splits), unknown to the host; a grid of the upper bound 16 would make
+      15 of every 16 programs of a bs-256 cascade suffix (one slice per request) read three numbers
+      and exit. However fast, each one takes an SM slot and waits for a memory read: 30 thousand empty
+      programs queued behind the 2 thousand real ones. So large batches launch LARGE_BATCH_GRID_SPLITS
+      and a request with more slices has them done in turn; at small batch the bound is
+      _occupancy_splits, known on the host, exactly what is needed.
+    """
+    if fills_gpu(bs, num_kv_heads, num_sms):
+        return min(max_kv_splits, LARGE_BATCH_GRID_SPLITS)
+    return _occupancy_splits(bs, num_kv_heads, num_sms, max_kv_splits)
 
 
 # ======== Stage 1：每个 (请求, KV 头, 段) 一个 program ========
@@ -218,7 +252,11 @@ def _decode_stage1_kernel(
     # tl.program_id(axis) is this copy's coordinate along grid axis `axis`.
     cur_batch = tl.program_id(0)  # 第几个请求 / which request
     cur_kv_head = tl.program_id(1)  # 第几个 KV 头 / which KV head
-    split_id = tl.program_id(2)  # 这个请求的第几段 / which slice of its KV
+    # 第三维不是“第几段”，而是“从第几段开始、每隔几段做一段”：grid 的段数可以少于请求真正切的段数。
+    # The third axis is not "which slice" but "start at this slice, then every num_programs(2)-th":
+    # the grid may have fewer slice programs than a request has slices (see _grid_splits).
+    first_split = tl.program_id(2)
+    split_step = tl.num_programs(2)
 
     # ---- 向量化的下标：Triton 一次操作一整块 / index vectors: Triton works on whole blocks ----
     # tl.arange(0, N) 得到 [0, 1, ..., N-1]；N 必须是编译期常量且是 2 的幂，
@@ -237,18 +275,23 @@ def _decode_stage1_kernel(
     seq_len = tl.load(kv_indptr + cur_batch + 1) - kv_start
     kv_splits = tl.maximum(tl.load(num_kv_splits + cur_batch), 1)
 
-    # ---- 本段负责 [split_start, split_end) / this program owns [split_start, split_end) ----
     # 段长向上取整到 BLOCK_N 的倍数：除了最后一块，每块都是满的。stage 2 用完全相同的公式。
     # Slice length rounded up to a multiple of BLOCK_N (full blocks except the last);
     # stage 2 recomputes exactly the same formula.
     split_len = tl.cdiv(seq_len, kv_splits)
     split_len = tl.cdiv(split_len, BLOCK_N) * BLOCK_N
-    split_start = split_len * split_id
-    split_end = tl.minimum(split_start + split_len, seq_len)
 
-    # split_id ≥ kv_splits 或段为空时什么都不做（grid 按 max_kv_splits 启动，多出来的直接退出）。
-    # Nothing to do when the slice is empty (the grid is sized by max_kv_splits).
-    if split_end > split_start:
+    # 向上取整之后，末尾的段可能是空的（stage 2 会跳过它们）：非空的段只有 cdiv(seq_len, split_len) 个。
+    # After the rounding the last slices may be empty (stage 2 skips them): only cdiv(seq_len, split_len)
+    # are not. seq_len = 0 (a padded row) has none.
+    nonempty_splits = tl.cdiv(seq_len, tl.maximum(split_len, 1))
+
+    # 本 program 做第 first_split、first_split + split_step、… 段；一段都没有的 program 直接结束。
+    # This program does slices first_split, first_split + split_step, ...; one with none ends at once.
+    for split_id in range(first_split, nonempty_splits, split_step):
+        # ---- 本段负责 [split_start, split_end) / this slice is [split_start, split_end) ----
+        split_start = split_len * split_id
+        split_end = tl.minimum(split_start + split_len, seq_len)
         # ---- 读 q：[BLOCK_H, BLOCK_D]，补齐的行/列读成 0 / load q, padding reads as 0 ----
         # 指针算术：基址 + 行下标[:, None]·行步长 + 列下标[None, :] → 一个二维指针块。
         # Pointer arithmetic: base + rows[:, None]·row_stride + cols[None, :] = a 2-D block of pointers.
@@ -463,14 +506,14 @@ def decode_attention_fwd(
     kv_indptr: [bs+1]，kv_indices: 槽位号 / slot ids（int32 或 int64）
     attn_logits: [bs, H, ≥max_kv_splits, D] float32，attn_lse: [bs, H, ≥max_kv_splits] float32（工作区 / workspace）
     num_kv_splits: [bs] int32，每个值在 [1, max_kv_splits] / each in [1, max_kv_splits]
-    config: 可选，覆盖 BLOCK_N / num_warps / num_stages（基准扫参用）/ optional override for tuning
+    config: 可选，覆盖 BLOCK_N / num_warps / num_stages / grid_splits（基准扫参用）/ optional override for tuning
     prefix_partials: 可选 (cas_out, cas_lse, cas_len [bs], cas_splits [bs], cas_block_n)：cascade_prefix_fwd 已算好的
         共享前缀部分；此时 kv_indptr/kv_indices 只列每个请求前缀之后的槽位，stage 2 把两部分合并。
         Optional shared-prefix partials from cascade_prefix_fwd; kv_indptr/kv_indices then list only
         the slots after each request's shared prefix, and stage 2 merges both.
 
     【工作流程】Workflow
-      1. stage 1：grid (bs, Hkv, max_kv_splits)，每段写局部输出 + lse。
+      1. stage 1：grid (bs, Hkv, _grid_splits(...))，每段写局部输出 + lse。
       2. stage 2：grid (bs, H)，按 lse 合并写 o。
     """
     bs, num_heads, head_dim = q.shape
@@ -491,7 +534,8 @@ def decode_attention_fwd(
     block_h = max(16, triton.next_power_of_2(group))  # tl.dot 每维至少 16 / ≥16 for tl.dot
     block_d = max(16, triton.next_power_of_2(head_dim))
 
-    grid1 = (bs, num_kv_heads, max_kv_splits)
+    num_sms = 1 if _on_interpreter(q) else _num_sms(q.device.index or 0)
+    grid1 = (bs, num_kv_heads, cfg.get("grid_splits") or _grid_splits(bs, num_kv_heads, max_kv_splits, num_sms))
     _decode_stage1_kernel[grid1](
         q, k_buffer, v_buffer, attn_logits, attn_lse,
         kv_indptr, kv_indices, num_kv_splits,
