@@ -28,6 +28,13 @@
 #   - model_path=None → 随包附带的小模型（离线可用）。None means the bundled tiny model.
 #   - KV 池大小：GPU 上 = 空闲显存 × mem_fraction_static；CPU 上默认 1 GiB 预算；
 #     --max-total-tokens 直接指定（测试用它制造内存紧张 → retraction）。
+#   - 同时运行的请求数上限（max_running_requests）：显存 ≥ 64 GiB 的 GPU 上 1024，更小的 GPU 上 256，CPU 上 64。
+#     这只是上限，真正能跑几个由 KV 池决定；共享前缀（radix 缓存）省下的 KV 要靠一个够高的上限才变成更大的 batch
+#     （第 08 章）。CUDA graph 缺省录到同一个大小。
+#     The cap on running requests: 1024 on a GPU of >= 64 GiB, 256 on smaller GPUs, 64 on the CPU.
+#     Only a cap: the KV pool decides how many really run; the KV that shared prefixes save (the radix
+#     cache) becomes a larger batch only under a high enough cap (chapter 08). CUDA graphs are
+#     captured up to the same size by default.
 #
 # 【使用方式】Usage
 #   >>> args = ServerArgs(page_size=4, schedule_policy="lpm").resolve()
@@ -48,6 +55,32 @@ BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "assets", "tiny-zh-en")
 
 def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
+
+
+# 显存至少这么多的 GPU（H100 80 GB、H200、A100 80 GB）缺省允许 1024 个请求同时运行。
+# GPUs with at least this much memory (H100 80 GB, H200, A100 80 GB) allow 1024 running requests by default.
+BIG_GPU_BYTES = 64 << 30
+
+
+def _default_max_running_requests(device: str) -> int:
+    """max_running_requests 的缺省值。The default cap on running requests.
+
+    为什么大卡上是 1024 而不是 256：上限只是上限，KV 池才决定能跑几个（每个请求的 KV 都要放得下）。共享前缀的
+    负载里 radix 缓存让 16 个请求共用一份 2k token 的 KV，同样的池子能放下 4 倍多的请求；上限卡在 256 时这部分
+    显存用不上。H200 上 bench/prefix_cache.py 的共享前缀负载：上限 256 时 radix 开/关 2.4–2.6×，1024 时 3.2×
+    （bench/RESULTS.md）。小卡上保留 256：每个可运行的请求都要一行 req_to_token（context_len 个槽位）和
+    CUDA graph 的录制时间。
+    Why 1024 and not 256 on a big GPU: the cap is only a cap, the KV pool decides how many run. In a
+    shared-prefix workload the radix cache lets 16 requests share one 2k-token KV, so the same pool
+    holds over 4x the requests, which a cap of 256 leaves unused: radix on/off was 2.4-2.6x under
+    256 and 3.2x under 1024 on the H200 (bench/RESULTS.md). Smaller GPUs keep 256: each runnable
+    request costs a req_to_token row of context_len slots and CUDA-graph capture time.
+    """
+    if device != "cuda":
+        return 64
+    import torch
+
+    return 1024 if torch.cuda.get_device_properties(0).total_memory >= BIG_GPU_BYTES else 256
 
 
 @dataclass
@@ -75,7 +108,8 @@ class ServerArgs:
     disable_cuda_graph: bool = _f(False, "关闭 decode 的 CUDA graph / disable CUDA graphs for decode")
     disable_cascade_attention: bool = _f(False, "decode 时不合并读取共享前缀（Triton 后端）/ read shared prefixes once per "
                                                  "request instead of once per group (Triton backend)")
-    cuda_graph_max_bs: int = _f(256, "CUDA graph 捕获的最大 batch / largest captured batch size")
+    cuda_graph_max_bs: Optional[int] = _f(None, "CUDA graph 捕获的最大 batch（缺省 = max_running_requests，至多 1024）/ "
+                                                "largest captured batch size (default: max_running_requests, at most 1024)")
     disable_overlap_schedule: bool = _f(False, "关闭重叠调度（GPU 上默认开）/ disable the overlap scheduler (on by default on GPU)")
     enable_overlap_schedule: bool = _f(False, "CPU 上也用重叠调度（测试与学习用）/ use the overlap scheduler on CPU too "
                                               "(for tests and learning)")
@@ -140,7 +174,9 @@ class ServerArgs:
         if a.chunked_prefill_size is None:
             a.chunked_prefill_size = 8192 if a.device == "cuda" else 2048
         if a.max_running_requests is None:
-            a.max_running_requests = 256 if a.device == "cuda" else 64
+            a.max_running_requests = _default_max_running_requests(a.device)
+        if a.cuda_graph_max_bs is None:
+            a.cuda_graph_max_bs = a.max_running_requests  # 录制的大小本身至多到 1024 / captured sizes stop at 1024
         if a.device == "cpu" or a.attention_backend == "torch":
             # torch 后端的 decode 元数据是 Python 列表，录不进 CUDA graph（回放会用录制时的长度）。
             # The torch backend keeps decode metadata in Python lists, which a CUDA graph cannot
@@ -185,6 +221,8 @@ class ServerArgs:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
         if self.max_running_requests is not None and self.max_running_requests < 1:
             raise ValueError("--max-running-requests must be >= 1")
+        if self.cuda_graph_max_bs is not None and self.cuda_graph_max_bs < 1:
+            raise ValueError(f"--cuda-graph-max-bs must be >= 1, got {self.cuda_graph_max_bs}")
         if self.attention_backend == "triton" and self.device != "cuda":
             import os as _os
 

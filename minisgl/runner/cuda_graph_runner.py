@@ -49,6 +49,7 @@ from __future__ import annotations
 import bisect
 import gc
 import logging
+import time
 from typing import Dict, List
 
 import torch
@@ -113,6 +114,7 @@ class CudaGraphRunner:
         # Collect first, then pause it while capturing (as SGLang's freeze_gc does).
         gc.collect()
         torch.cuda.synchronize()
+        t0 = time.perf_counter()
         was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -120,6 +122,8 @@ class CudaGraphRunner:
         finally:
             if was_enabled:
                 gc.enable()
+        self.capture_s = time.perf_counter() - t0  # 启动时间的一大块 / a large part of start-up time
+        logger.info("CUDA graph capture took %.1f s", self.capture_s)
 
     def _capture_all(self) -> None:
         model = self.mr.model
@@ -144,7 +148,8 @@ class CudaGraphRunner:
             if self.cascade and bs >= CASCADE_MIN_GRAPH_BS:
                 self.cascade_graphs[bs], self.cascade_outputs[bs] = self._capture_cascade(fb, stream)
         torch.cuda.synchronize()
-        logger.info("captured CUDA graphs for decode batch sizes %s", self.batch_sizes)
+        logger.info("captured %d CUDA graphs for decode batch sizes %s", len(self.graphs) + len(self.cascade_graphs),
+                    self.batch_sizes)
 
     def _capture_cascade(self, fb: ForwardBatch, stream):
         """录一张带 cascade 的图：只录设备那一半（init_cascade_device），组的数据回放前由主机写入。

@@ -205,20 +205,33 @@ def prefix_programs(num_kv_heads: int, num_sms: int) -> int:
     return max(1, -(-2 * num_sms // num_kv_heads))
 
 
+# 每一项的固定开销（读 Q、流水线的头尾、写局部结果），按“一整个前缀的时间”计。H200 上 16 组、33 个 program
+# （bench/kernels.py --sections cascade）：最忙的 program 都读 1,024 个 token 时，2 段 0.060 ms、4 段 0.065、8 段 0.072，
+# 多一项约多 0.04 个前缀的时间。Fixed cost per item (loading Q, the pipeline's start and end, storing
+# the partials), in units of one whole prefix: on the H200 with 16 groups on 33 programs, the same 1,024
+# tokens for the busiest program took 0.060 / 0.065 / 0.072 ms as 1 / 2 / 4 items (2, 4, 8 slices).
+PREFIX_ITEM_OVERHEAD = 0.05
+
+
 def choose_prefix_splits(n_groups: int, programs: int, max_splits: int) -> int:
     """每组前缀切几段，使最慢的 program 做得最少。How many slices per group prefix, for the least makespan.
 
-    n_groups × k 项分给 programs 个 program：最忙的做 ceil(n_groups·k / programs) 项，每项是前缀的 1/k，
-    所以耗时 ∝ ceil(n_groups·k / programs) / k。例：16 组、33 个 program → k = 2（32 项，一轮）；
-    17 组 → k = 7（119 项，4 轮，每项 1/7 个前缀 ≈ 0.57 个前缀，而 k = 1 或 2 都要 1 个）。打平时取小的 k（合并更省）。
+    n_groups × k 项分给 programs 个 program：最忙的做 ceil(n_groups·k / programs) 项，每项是前缀的 1/k 再加固定开销，
+    所以耗时 ∝ ceil(n_groups·k / programs) × (1/k + PREFIX_ITEM_OVERHEAD)。例（33 个 program）：16 组 → k = 2
+    （32 项，一轮）；17 组 → k = 5（85 项，3 轮，3 × 0.25 = 0.75，而 k = 1 是 1.05、k = 2 是 1.1）；64 组 → k = 1。
+    打平时取小的 k（合并更省）。
     n_groups·k items go to `programs` programs; the busiest does ceil(n_groups·k / programs) items of
-    1/k of a prefix each, so its time is ∝ ceil(n_groups·k / programs) / k. E.g. 16 groups on 33
-    programs → k = 2 (one round); 17 groups → k = 7 (4 rounds of 1/7: 0.57 of a prefix vs 1 for k = 1
-    or 2). Ties take the smaller k (less to merge).
+    1/k of a prefix plus a fixed cost each. E.g. on 33 programs: 16 groups → k = 2 (one round);
+    17 groups → k = 5 (3 rounds of 0.25, vs 1.05 for k = 1 and 1.1 for k = 2); 64 groups → k = 1.
+    Ties take the smaller k (less to merge).
     """
     if n_groups <= 0:
         return 1
-    return min(range(1, max_splits + 1), key=lambda k: (-(-n_groups * k // programs) / k, k))
+
+    def cost(k: int) -> float:
+        return -(-n_groups * k // programs) * (1 / k + PREFIX_ITEM_OVERHEAD)
+
+    return min(range(1, max_splits + 1), key=lambda k: (cost(k), k))
 
 
 def prefix_work_items(group_splits) -> list:
