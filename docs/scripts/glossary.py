@@ -105,7 +105,7 @@ SECTIONS = [
         ("token 预算", "token budget", "一轮 prefill 还能接纳多少 token（总量、输入、块三项）。", "How many tokens one prefill round may still admit (total, input, chunk).", "06-scheduling.md"),
         ("剩余总 token", "rem_total_tokens", "空闲 + 可驱逐 − 运行中请求的预留 − 已接纳。", "Free + evictable − reserved for running requests − admitted.", S + "schedule_policy.PrefillAdder.rem_total_tokens"),
         ("最大 prefill token 数", "max_prefill_tokens", "一批 prefill 的输入 token 上限（默认 16,384）。", "The cap on a prefill batch's input tokens (default 16,384).", E + "server_args.ServerArgs.max_prefill_tokens"),
-        ("最大运行请求数", "max_running_requests", "同时运行的请求数上限（CPU 64，GPU 256）。", "The cap on concurrently running requests (64 on CPU, 256 on GPU).", E + "server_args.ServerArgs.max_running_requests"),
+        ("最大运行请求数", "max_running_requests", "同时运行的请求数上限（CPU 64；GPU 1024，显存 < 64 GiB 时 256）。", "The cap on concurrently running requests (64 on CPU; 1024 on GPU, 256 below 64 GiB of memory).", E + "server_args.ServerArgs.max_running_requests"),
         ("新 token 比例", "new_token_ratio", "估计运行中请求还要多少 token 的比例，0.7 起逐步下降。", "The ratio estimating running requests' future tokens, starting at 0.7 and decaying.", S + "scheduler.Scheduler.new_token_ratio"),
         ("调度保守度", "schedule conservativeness", "缩放 new_token_ratio；越小越激进。", "Scales new_token_ratio; lower is more eager.", E + "server_args.ServerArgs.schedule_conservativeness"),
         ("输出预留截断", "CLIP_MAX_NEW_TOKENS", "预留输出时把 max_new_tokens 截到 4096。", "Reserved output clips max_new_tokens to 4096.", S + "schedule_policy.CLIP_MAX_NEW_TOKENS"),
