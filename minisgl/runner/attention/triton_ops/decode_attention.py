@@ -22,7 +22,7 @@
 #
 # 【核心架构】Architecture
 #   Stage 1  grid = (bs, num_kv_heads, S)  —— 每个 program 是一个 (请求, KV 头)，做第 s、s+S、s+2S… 段
-#            （S = _grid_splits：小批量 = 段数上限，大批量 = 2；每个 program 做一段或几段）
+#            （S = _grid_splits：小批量 = 段数上限；大批量 = 16，cascade 的后缀 = 2；每个 program 做一段或几段）
 #            one program per (request, KV head, s) does slices s, s+S, ... (S = _grid_splits)
 #
 #     program (b, kvh, s)                         kv_indices[kv_indptr[b] : kv_indptr[b+1]]
@@ -182,33 +182,43 @@ def _occupancy_splits(bs: int, num_kv_heads: int, num_sms: int, max_kv_splits: i
     return max(1, min(max_kv_splits, math.ceil(2 * num_sms / max(1, bs * num_kv_heads))))
 
 
-# 大批量时 grid 的第三维只开 2 个 program，每个循环做隔一段的那些段（见 _grid_splits）。
-# At large batch the grid's third axis has 2 programs, each looping over every other slice (see _grid_splits).
-LARGE_BATCH_GRID_SPLITS = 2
+# cascade 的后缀级在大批量时 grid 的第三维只开 2 个 program，每个循环做隔一段的那些段（见 _grid_splits）。
+# At large batch a cascade suffix launches 2 programs along the slice axis, each looping over every
+# other slice (see _grid_splits).
+CASCADE_SUFFIX_GRID_SPLITS = 2
 
 
-def _grid_splits(bs: int, num_kv_heads: int, max_kv_splits: int, num_sms: int) -> int:
+def _grid_splits(bs: int, num_kv_heads: int, max_kv_splits: int, num_sms: int, cascade_suffix: bool = False) -> int:
     """stage 1 的 grid 第三维开几个 program（内核循环做其余的段，所以任何值都对）。
 
     How many programs stage 1's grid has along its slice axis. The kernel loops over the slices
     it is given, so any value is correct; the choice is only about speed.
 
-    【为什么不直接开 max_kv_splits 个】Why not simply max_kv_splits
-      程序数 = bs × Hkv × 第三维。大批量时段数在设备上按长度算（get_num_kv_splits），主机不知道；若按上限 16 开，
-      bs 256 的 cascade 后缀（每个请求一段）有 15/16 的 program 读完三个数就退出。退出得再快，每个也要占一个
-      SM 槽位、等一次显存读取：3 万个空 program 排在真正的 2 千个后面。所以大批量只开 LARGE_BATCH_GRID_SPLITS 个，
-      段多的请求由这几个 program 轮流做完；小批量时段数的上限就是 _occupancy_splits（主机已知），开这么多正好。
-      Programs = bs × Hkv × this axis. At large batch the slice counts are chosen on the device from
-      the lengths (get_num_kv_splits), unknown to the host; a grid of the upper bound 16 would make
-      15 of every 16 programs of a bs-256 cascade suffix (one slice per request) read three numbers
-      and exit. However fast, each one takes an SM slot and waits for a memory read: 30 thousand empty
-      programs queued behind the 2 thousand real ones. So large batches launch LARGE_BATCH_GRID_SPLITS
-      and a request with more slices has them done in turn; at small batch the bound is
-      _occupancy_splits, known on the host, exactly what is needed.
+    【三种情况】Three cases
+      - 小批量：段数的上限就是 _occupancy_splits（主机已知的整数），开这么多正好，每段一个 program。
+        Small batch: the bound on the slice count is _occupancy_splits, a host int: exactly one program per slice.
+      - 大批量、普通 decode：段数在设备上按长度算（get_num_kv_splits，每段 ≤ 512 token），主机不知道，开上限
+        max_kv_splits：每段仍是一个 program，长请求的各段并行（第五次会话为均衡量过，见 get_num_kv_splits）。
+        在唯一一次只开 2 个（一个 program 轮流做几段）的离线基准里，bs 33–128 的 decode 步比第六次会话慢 6–10 %
+        （另一台机器，主机也更慢，所以不全是它的错；但没有证据说 2 对普通 decode 更好），所以普通 decode 保持原样。
+        Large batch, plain decode: the counts are chosen on the device, unknown to the host, so launch
+        the bound: still one program per slice, a long request's slices in parallel. In the one offline
+        run with 2 (one program doing several slices in turn) the decode steps at bs 33-128 were 6-10 %
+        slower than in the sixth session (another machine with a slower host, so not all of it is the
+        grid's doing; but nothing showed 2 to be better for plain decode), so plain decode stays as it was.
+      - 大批量、cascade 的后缀（cascade_suffix）：后缀很短（问题 + 已生成的 token，一两段），按上限 16 开的话
+        bs 256 有 15/16 的 program 读完三个数就退出，3 万个空 program 排在 2 千个有活的后面。开
+        CASCADE_SUFFIX_GRID_SPLITS 个：H200 上这一级从 0.112 降到 0.093 ms/层（bench/kernels.py --sections cascade；
+        开 1 个或 4 个都是 0.11，为什么恰好 2 最快还没弄清）。
+        Large batch, a cascade suffix: suffixes are short (one or two slices), so a grid of 16 would
+        leave 15 of 16 programs of a bs-256 step reading three numbers and exiting, 30 thousand empty
+        programs queued behind 2 thousand real ones. CASCADE_SUFFIX_GRID_SPLITS took that level from
+        0.112 to 0.093 ms per layer on the H200 (1 and 4 both gave 0.11; why 2 is best is not yet
+        understood).
     """
-    if fills_gpu(bs, num_kv_heads, num_sms):
-        return min(max_kv_splits, LARGE_BATCH_GRID_SPLITS)
-    return _occupancy_splits(bs, num_kv_heads, num_sms, max_kv_splits)
+    if not fills_gpu(bs, num_kv_heads, num_sms):
+        return _occupancy_splits(bs, num_kv_heads, num_sms, max_kv_splits)
+    return min(max_kv_splits, CASCADE_SUFFIX_GRID_SPLITS) if cascade_suffix else max_kv_splits
 
 
 # ======== Stage 1：每个 (请求, KV 头, 段) 一个 program ========
@@ -535,7 +545,9 @@ def decode_attention_fwd(
     block_d = max(16, triton.next_power_of_2(head_dim))
 
     num_sms = 1 if _on_interpreter(q) else _num_sms(q.device.index or 0)
-    grid1 = (bs, num_kv_heads, cfg.get("grid_splits") or _grid_splits(bs, num_kv_heads, max_kv_splits, num_sms))
+    grid_splits = cfg.get("grid_splits") or _grid_splits(bs, num_kv_heads, max_kv_splits, num_sms,
+                                                         cascade_suffix=prefix_partials is not None)
+    grid1 = (bs, num_kv_heads, grid_splits)
     _decode_stage1_kernel[grid1](
         q, k_buffer, v_buffer, attn_logits, attn_lse,
         kv_indptr, kv_indices, num_kv_splits,
