@@ -47,18 +47,33 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 from minisgl.detokenizer import IncrementalDetokenizer
 from minisgl.io_struct import BatchTokenIDOut, GenerateReqInput
 from minisgl.server_args import ServerArgs
 from minisgl.tokenizer_manager import normalize_requests
+from minisgl.utils import freeze_gc
+
+
+# 有引擎关闭或被丢弃后，下一次 generate() 重新冻结（那时死掉的引擎已经彻底不可达，gc.collect 能收走它）。
+# After an engine is shut down or dropped, the next generate() freezes again (by then the dead engine
+# is wholly unreachable and gc.collect can take it).
+_GC_STATE = {"refreeze": False}
+
+
+def _engine_gone() -> None:
+    """解冻全部对象，让关掉的引擎的循环引用能被回收。Unfreeze, so a closed engine's cycles can be collected."""
+    gc.unfreeze()
+    _GC_STATE["refreeze"] = True
 
 
 class _ReqState:
@@ -157,6 +172,11 @@ class Engine:
                              "and replica: use Engine(mode='server', ...) or `minisgl serve`")
         runner = ModelRunner(args, self.model_config)
         self.scheduler = Scheduler(args, model_runner=runner, tokenizer=self.tokenizer)
+        # 启动完成：冻结已有对象，decode 步里的垃圾回收不再扫它们（utils.freeze_gc）；引擎关闭或被丢弃时解冻，
+        # 以免它的循环引用永远留在内存里。Start-up is done: keep the GC off these objects (utils.freeze_gc),
+        # and unfreeze when the engine is shut down or dropped, so its reference cycles can still be collected.
+        freeze_gc()
+        weakref.finalize(self, _engine_gone)
 
     # ======== 生成 / Generation ========
     def generate(
@@ -182,6 +202,9 @@ class Engine:
         if self._server is not None:
             return self._server.generate(prompt, sampling_params, input_ids, stream, rid, return_logprob,
                                          top_logprobs_num, lora_path)
+        if _GC_STATE["refreeze"] and self.scheduler is not None:  # 见 _engine_gone / see _engine_gone
+            _GC_STATE["refreeze"] = False
+            freeze_gc()
         obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params, stream=stream, rid=rid,
                                return_logprob=return_logprob, top_logprobs_num=top_logprobs_num, lora_path=lora_path)
         is_batch, reqs, _ = normalize_requests(self.tokenizer, obj, self.model_config.vocab_size,
@@ -251,6 +274,7 @@ class Engine:
     def shutdown(self) -> None:
         """释放模型与 KV 池（服务器模式：停掉三个进程）。Release the model and KV pool (server: stop the processes)."""
         self.scheduler = None
+        _engine_gone()
         if self._server is not None:
             self._server.shutdown()
 

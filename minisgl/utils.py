@@ -16,6 +16,7 @@
 #   to_device(list, …)    ──► 设备张量，不隐式同步 GPU / a device tensor without a hidden GPU sync
 #   host_tensor(list)     ──► CPU 张量，比 torch.tensor(list) 快约 4 倍 / a CPU tensor, ~4x faster
 #   check_token_ids(ids)  ──► 整数且在词表内？（C 速度）/ ints inside the vocabulary? (at C speed)
+#   freeze_gc()           ──► 启动后冻结已有对象，垃圾回收不再扫它们 / keep the GC off start-up objects
 #
 # 【工作流程】Workflow
 #   直接调用。Call directly.
@@ -31,6 +32,7 @@
 from __future__ import annotations
 
 import array
+import gc
 import logging
 import os
 import socket
@@ -110,6 +112,32 @@ def to_device(data, dtype, device) -> "torch.Tensor":
         host = data.to(dtype) if isinstance(data, torch.Tensor) else host_tensor(data, dtype)
         return host.pin_memory().to(device, non_blocking=True)
     return host_tensor(data, dtype).to(device)
+
+
+def freeze_gc() -> int:
+    """启动（加载权重、分词器、录 CUDA graph）之后调用：把此刻活着的对象移出 Python 垃圾回收的视野。
+
+    Call after start-up (weights, tokenizer, CUDA graphs): moves every object alive now out of the
+    Python garbage collector's sight, as SGLang does after its start-up. Returns how many.
+
+    【为什么】Why
+      Python 的循环垃圾回收每隔一阵会扫一遍所有“老”对象。启动后老对象有二十多万个（分词器、模块、图……），
+      而 decode 每步为 1024 个请求新建几千个小列表，隔几步就触发一次这样的全扫。在本机 2 核 CPU 上
+      （bs 1024 的共享前缀 decode，自带小模型）垃圾回收每步 5.3–5.5 ms，冻结后 0.6–1.1 ms（bench/gc_pauses.py，两次）。冻结只影响循环回收：
+      引用计数归零的对象照样立刻释放。
+      The cyclic collector now and then scans every "old" object: after start-up there are over two
+      hundred thousand (tokenizer, modules, graphs...), while a bs-1024 decode step makes thousands of
+      small lists and sets off such a full scan every few steps. On this project's 2-core CPU (bs-1024
+      shared-prefix decode, bundled model) the collector took 5.3-5.5 ms per step, 0.6-1.1 ms once frozen (bench/gc_pauses.py, two runs).
+      Freezing affects only the cycle collector: objects whose refcount drops to 0 are freed at once.
+    【代价】The cost
+      冻结的对象若后来成了循环垃圾就不会被回收，所以引擎关闭或被丢弃时要 gc.unfreeze()（Engine 这样做）。
+      Frozen objects that later become cyclic garbage are never collected, so call gc.unfreeze() when
+      the engine is shut down or dropped (Engine does).
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def get_free_port() -> int:

@@ -61,3 +61,36 @@ def test_check_token_ids_matches_the_per_token_rule(ids):
         assert "outside the vocabulary [0, 10)" in got
     elif ref is not None:
         assert got == ref
+
+
+def test_engine_freezes_the_gc_and_lets_go():
+    # 启动后冻结（decode 步里的垃圾回收不再扫启动时的对象）；shutdown 或丢掉引擎都会解冻，
+    # 否则引擎的循环引用（模型、KV 池）永远收不走。After start-up the GC is frozen; shutting the
+    # engine down or dropping it unfreezes, or its reference cycles (model, KV pool) would never go.
+    import gc
+    import weakref
+
+    from minisgl import Engine
+
+    gc.unfreeze()
+    e = Engine(device="cpu", max_total_tokens=256)
+    assert gc.get_freeze_count() > 1000
+    e.shutdown()
+    assert gc.get_freeze_count() == 0
+    del e
+    e = Engine(device="cpu", max_total_tokens=256)
+    runner = weakref.ref(e.scheduler.model_runner)
+    assert gc.get_freeze_count() > 1000
+    del e  # 不调用 shutdown / no shutdown
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert runner() is None  # 模型与 KV 池真的释放了 / the model and KV pool are really gone
+    # 换掉一个活着的引擎：新引擎先冻结，旧的被丢弃时解冻；新引擎下一次 generate 时重新冻结，旧的照样收走。
+    # Replacing a live engine: the new one freezes, dropping the old one unfreezes; the new one's next
+    # generate() freezes again, and the old one is still collected.
+    e = Engine(device="cpu", max_total_tokens=256)
+    old = weakref.ref(e.scheduler.model_runner)
+    e = Engine(device="cpu", max_total_tokens=256)
+    e.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 2})
+    assert gc.get_freeze_count() > 1000 and old() is None
+    e.shutdown()

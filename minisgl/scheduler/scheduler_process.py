@@ -63,6 +63,7 @@ from minisgl.io_struct import (
 )
 
 from minisgl.tokenizer_manager import HEALTH_CHECK_PREFIX
+from minisgl.utils import freeze_gc
 
 logger = logging.getLogger(__name__)
 IDLE_SPIN_WAIT_MS = 5  # 有请求却一步也走不了时的小憩 / a short nap when work exists but nothing can run
@@ -187,6 +188,7 @@ def run_scheduler_process(server_args, ipc, ready_writer, tp_rank: int = 0, dp_r
 
         runner = ModelRunner(server_args)
         scheduler = Scheduler(server_args, model_runner=runner)
+        freeze_gc()  # 一个进程一个引擎，活到进程结束：垃圾回收不再扫启动时的对象 / one engine per process (utils.freeze_gc)
         recv = to_detok = to_tok = None
         if tp_rank == 0:  # 只有 leader 和外界说话 / only the leader talks to the outside
             ctx = zmq.Context()
