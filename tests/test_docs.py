@@ -208,7 +208,7 @@ def test_link_checker_catches_bad_links():
     bad = ["api/scheduler.md#minisgl.scheduler.scheduler.Scheduler.no_such_method",
            "api/sampling.md#minisgl.scheduler.scheduler.Scheduler.step",  # 页面不渲染这个模块 / wrong page
            "api/scheduler.md#minisgl.no_such_module.X", "no-such-page.md", "08-kv-cache.md#no-such-heading",
-           "api/mem_cache.md#minisgl.mem_cache.memory_pool.TokenToKVPoolAllocator.free_pages",  # 在 clear() 里设 / set in clear()
+           "api/mem_cache.md#minisgl.mem_cache.memory_pool.ReqToTokenPool.free_slots",  # 在 clear() 里设 / set in clear()
            GITHUB_BLOB + "minisgl/no_such_file.py", GITHUB_BLOB + "minisgl/scheduler/scheduler.py#L1-L99999"]
     assert [t for t in good if check_link(page, t)] == []
     assert [t for t in bad if not check_link(page, t)] == []

@@ -163,3 +163,21 @@ def test_allocator_never_loses_slots(reqs, page_size):
     for h in held:
         alloc.free(h)
     assert alloc.available_size() == 128
+
+
+def test_freed_pages_wait_until_an_allocation_runs_short():
+    # free() 不拷贝整张空闲表：页先进“刚放回”的列表，分配不够时才合并一次；读 free_pages 也先合并。
+    # free() does not copy the whole free list: pages wait on a just-freed list and are merged once
+    # an allocation runs short; reading free_pages merges too.
+    a = TokenToKVPoolAllocator(16, 1)
+    x = a.alloc(16)
+    assert a.alloc(1) is None
+    a.free(x[:4])
+    a.free(x[4:6])
+    assert a.available_size() == 6 and len(a._free) == 0  # 还没合并 / not merged yet
+    y = a.alloc(5)
+    assert y is not None and set(y.tolist()) <= set(x[:6].tolist()) and a.available_size() == 1
+    assert a.alloc(2) is None  # 不够时什么都不拿 / takes nothing when short
+    a.free(y)
+    assert sorted(a.free_pages.tolist()) == sorted(x[:6].tolist())
+    assert len(a._released) == 0 and a.available_size() == 6
