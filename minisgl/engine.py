@@ -162,6 +162,7 @@ class Engine:
         self.tokenizer = load_tokenizer(args.tokenizer_path)
         self.mode = mode
         self._server: Optional[_ServerHandle] = None
+        self._unfreeze_gc: Optional[weakref.finalize] = None  # 只有进程内引擎冻结 / only in-process engines freeze
         if mode == "server":  # 三进程服务器，走 HTTP / the three-process server, over HTTP
             self.scheduler = None
             self._server = _ServerHandle(given)
@@ -176,7 +177,7 @@ class Engine:
         # 以免它的循环引用永远留在内存里。Start-up is done: keep the GC off these objects (utils.freeze_gc),
         # and unfreeze when the engine is shut down or dropped, so its reference cycles can still be collected.
         freeze_gc()
-        weakref.finalize(self, _engine_gone)
+        self._unfreeze_gc = weakref.finalize(self, _engine_gone)  # 调用一次后就失效 / runs at most once
 
     # ======== 生成 / Generation ========
     def generate(
@@ -274,7 +275,8 @@ class Engine:
     def shutdown(self) -> None:
         """释放模型与 KV 池（服务器模式：停掉三个进程）。Release the model and KV pool (server: stop the processes)."""
         self.scheduler = None
-        _engine_gone()
+        if self._unfreeze_gc is not None:
+            self._unfreeze_gc()
         if self._server is not None:
             self._server.shutdown()
 

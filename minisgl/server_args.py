@@ -68,13 +68,14 @@ def _default_max_running_requests(device: str) -> int:
     为什么大卡上是 1024 而不是 256：上限只是上限，KV 池才决定能跑几个（每个请求的 KV 都要放得下）。共享前缀的
     负载里 radix 缓存让 16 个请求共用一份 2k token 的 KV，同样的池子能放下 4 倍多的请求；上限卡在 256 时这部分
     显存用不上。H200 上 bench/prefix_cache.py 的共享前缀负载：上限 256 时 radix 开/关 2.4–2.6×，1024 时 2.9–3.2×
-    （四次，差别在主机快慢；bench/RESULTS.md）。小卡上保留 256：每个可运行的请求都要一行 req_to_token（context_len 个槽位）和
-    CUDA graph 的录制时间。
+    （四次，差别在主机快慢；bench/RESULTS.md）。小卡上保留 256：每个可运行的请求都要一行 req_to_token
+    （context_len 个槽位）和 CUDA graph 的录制时间。
     Why 1024 and not 256 on a big GPU: the cap is only a cap, the KV pool decides how many run. In a
     shared-prefix workload the radix cache lets 16 requests share one 2k-token KV, so the same pool
     holds over 4x the requests, which a cap of 256 leaves unused: radix on/off was 2.4-2.6x under
-    256 and 2.9-3.2x under 1024 on the H200 (four runs, differing by the host's speed; bench/RESULTS.md). Smaller GPUs keep 256: each runnable
-    request costs a req_to_token row of context_len slots and CUDA-graph capture time.
+    256 and 2.9-3.2x under 1024 on the H200 (four runs, differing by the host's speed;
+    bench/RESULTS.md). Smaller GPUs keep 256: each runnable request costs a req_to_token row of
+    context_len slots and CUDA-graph capture time.
     """
     if device != "cuda":
         return 64

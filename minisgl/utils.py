@@ -123,13 +123,14 @@ def freeze_gc() -> int:
     【为什么】Why
       Python 的循环垃圾回收每隔一阵会扫一遍所有“老”对象。启动后老对象有二十多万个（分词器、模块、图……），
       而 decode 每步为 1024 个请求新建几千个小列表，隔几步就触发一次这样的全扫。在本机 2 核 CPU 上
-      （bs 1024 的共享前缀 decode，自带小模型）垃圾回收每步 5.3–5.5 ms，冻结后 0.6–1.1 ms（bench/gc_pauses.py，两次）。冻结只影响循环回收：
-      引用计数归零的对象照样立刻释放。
+      （bs 1024 的共享前缀 decode，自带小模型）垃圾回收每步 5.3–5.5 ms，冻结后 0.6–1.1 ms
+      （bench/gc_pauses.py，两次）。冻结只影响循环回收：引用计数归零的对象照样立刻释放。
       The cyclic collector now and then scans every "old" object: after start-up there are over two
       hundred thousand (tokenizer, modules, graphs...), while a bs-1024 decode step makes thousands of
       small lists and sets off such a full scan every few steps. On this project's 2-core CPU (bs-1024
-      shared-prefix decode, bundled model) the collector took 5.3-5.5 ms per step, 0.6-1.1 ms once frozen (bench/gc_pauses.py, two runs).
-      Freezing affects only the cycle collector: objects whose refcount drops to 0 are freed at once.
+      shared-prefix decode, bundled model) the collector took 5.3-5.5 ms per step, 0.6-1.1 ms once
+      frozen (bench/gc_pauses.py, two runs). Freezing affects only the cycle collector: objects whose
+      refcount drops to 0 are freed at once.
     【代价】The cost
       冻结的对象若后来成了循环垃圾就不会被回收，所以引擎关闭或被丢弃时要 gc.unfreeze()（Engine 这样做）。
       Frozen objects that later become cyclic garbage are never collected, so call gc.unfreeze() when

@@ -171,7 +171,7 @@ class TokenToKVPoolAllocator:
     def alloc(self, need_size: int) -> Optional[torch.Tensor]:
         """token 级分配（仅 page_size == 1）。Token-granular allocation, page_size 1 only."""
         assert self.page_size == 1, "use alloc_extend / alloc_decode when page_size > 1"
-        if need_size * self.page_size > self.available_size():
+        if need_size > self.available_size():
             return None
         return self._take_pages(need_size)
 

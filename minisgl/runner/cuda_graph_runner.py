@@ -122,8 +122,8 @@ class CudaGraphRunner:
         finally:
             if was_enabled:
                 gc.enable()
-        self.capture_s = time.perf_counter() - t0  # 启动时间的一大块 / a large part of start-up time
-        logger.info("CUDA graph capture took %.1f s", self.capture_s)
+        # 启动时间的一大块 / a large part of start-up time
+        logger.info("CUDA graph capture took %.1f s", time.perf_counter() - t0)
 
     def _capture_all(self) -> None:
         model = self.mr.model

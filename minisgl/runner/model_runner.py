@@ -106,8 +106,7 @@ class ModelRunner:
         elif self.device == "cuda" and not args.disable_cuda_graph:
             from minisgl.runner.cuda_graph_runner import CudaGraphRunner
 
-            self.cuda_graph_runner = CudaGraphRunner(
-                self, min(args.cuda_graph_max_bs or args.max_running_requests, args.max_running_requests))
+            self.cuda_graph_runner = CudaGraphRunner(self, min(args.cuda_graph_max_bs, args.max_running_requests))
             self.cuda_graph_runner.capture()
 
     def _profile_max_num_tokens(self) -> int:

@@ -84,7 +84,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode_attention import _dot_precision, _num_sms, _on_interpreter, _tanh
+from .decode_attention import _dot_precision, _on_interpreter, _sms_of, _tanh
 
 
 @triton.jit
@@ -298,8 +298,7 @@ def cascade_prefix_fwd(
     cfg.update(config or {})
     if n_groups == 0:
         return cfg
-    programs = cfg.get("num_programs") or prefix_programs(num_kv_heads, 1 if _on_interpreter(q) else _num_sms(
-        q.device.index or 0))
+    programs = cfg.get("num_programs") or prefix_programs(num_kv_heads, _sms_of(q))
     block_m = max(16, triton.next_power_of_2(max_members * group))
     block_d = max(16, triton.next_power_of_2(head_dim))
     _prefix_stage_kernel[(programs, num_kv_heads)](

@@ -129,6 +129,11 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _sms_of(t: torch.Tensor) -> int:
+    """t 所在 GPU 的 SM 数；解释器里当作 1。The SM count of t's GPU; 1 under the interpreter."""
+    return 1 if _on_interpreter(t) else _num_sms(t.device.index or 0)
+
+
 # ======== 段数选择 / Choosing the number of splits ========
 
 
@@ -168,7 +173,7 @@ def get_num_kv_splits(
     """
     bs = seq_lens.shape[0]
     if num_sms is None:
-        num_sms = _num_sms(seq_lens.device.index or 0) if seq_lens.is_cuda else 1
+        num_sms = _sms_of(seq_lens)
     lens = seq_lens.to(torch.int64)
     if fills_gpu(bs, num_kv_heads, num_sms):  # bs 是主机上已知的整数，不需同步 / bs is a host int: no sync
         return ((lens + balance_tokens - 1) // balance_tokens).clamp(min=1, max=max_kv_splits).to(torch.int32)
@@ -544,8 +549,7 @@ def decode_attention_fwd(
     block_h = max(16, triton.next_power_of_2(group))  # tl.dot 每维至少 16 / ≥16 for tl.dot
     block_d = max(16, triton.next_power_of_2(head_dim))
 
-    num_sms = 1 if _on_interpreter(q) else _num_sms(q.device.index or 0)
-    grid_splits = cfg.get("grid_splits") or _grid_splits(bs, num_kv_heads, max_kv_splits, num_sms,
+    grid_splits = cfg.get("grid_splits") or _grid_splits(bs, num_kv_heads, max_kv_splits, _sms_of(q),
                                                          cascade_suffix=prefix_partials is not None)
     grid1 = (bs, num_kv_heads, grid_splits)
     _decode_stage1_kernel[grid1](
