@@ -107,6 +107,13 @@ class StepTimeline:
                           (sch.sampler, "sample"), (sch.model_runner, "forward")]:
             obj.__dict__.pop(name, None)
 
+    def restart(self) -> None:
+        """从现在起重新记录（丢掉之前的行与主机账）。Start over from now: drop earlier rows and host time."""
+        self.rows.clear()
+        self.events.clear()
+        self.host.update({k: 0.0 for k in HOST_PHASES})  # 原地清零：包装函数握着这个字典 / the wrappers hold this dict
+        self.t_start = time.perf_counter()
+
     def stop(self) -> None:
         """结束记录（调用者先同步设备）。Close the record; the caller has synced the device."""
         self.t_end = time.perf_counter()
