@@ -60,6 +60,16 @@ def test_lru_order():
     assert len(cache.match_prefix([1, 1])[0]) == 2 and len(cache.match_prefix([2, 2])[0]) == 0
 
 
+def test_match_prefix_len_respects_namespaces():
+    cache, alloc = make_cache()
+    value = alloc.alloc_extend([0], [6], [-1])
+    cache.insert([1, 2, 3, 4, 5, 6], value, namespace="adapter-a")
+    assert cache.match_prefix_len([1, 2, 3, 4, 9]) == 0  # 基座看不到适配器的 KV / the base model cannot use it
+    assert cache.match_prefix_len([1, 2, 3, 4, 9], namespace="adapter-b") == 0
+    assert cache.match_prefix_len([1, 2, 3, 4, 9], namespace="adapter-a") == 4
+    assert cache.match_prefix_len([1, 2, 3, 4, 5, 6], namespace="adapter-a", max_len=5) == 5
+
+
 def test_page_aligned_matching():
     cache, alloc = make_cache(page_size=4)
     insert_fresh(cache, alloc, list(range(10)))  # 只缓存 8 个 / only 8 cached
@@ -110,6 +120,13 @@ def test_radix_cache_properties(ops, page_size):
             if len(key) >= page_size:
                 model_keys.append(key[: len(key) // page_size * page_size])
         elif op == "match":
+            # match_prefix_len：只读树（节点数不变），长度等于 match_prefix 在截短的 key 上的命中。
+            # match_prefix_len reads the tree only (same nodes) and equals match_prefix on the cut key.
+            nodes = len(cache._all_nodes())
+            limits = [None, len(key) - 1, len(key) // 2, n]
+            lens = [cache.match_prefix_len(key, max_len=m) for m in limits]
+            assert len(cache._all_nodes()) == nodes
+            assert lens == [len(cache.match_prefix(key[:m])[0]) for m in limits]
             value, node = cache.match_prefix(key)
             # 驱逐可能删掉模型里的 key，所以命中 <= 模型最长前缀；从未驱逐时应相等。
             assert len(value) <= brute_longest_prefix(model_keys, key, page_size)

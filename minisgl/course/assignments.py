@@ -112,10 +112,10 @@ ASSIGNMENTS: Dict[str, Assignment] = {a.name: a for a in [
     _A("schedule_policy", "prefill 预算与 LPM 策略", "The prefill budget and the LPM policy",
        "minisgl.scheduler.schedule_policy", "06-scheduling.md", {
            "calc_priority": ("fcfs、关闭 radix 或队列长于 LPM_FALLBACK_QUEUE_LEN 时不动队列，返回 'fcfs'；否则对每个请求 "
-                             "match_prefix(token_ids[:-1])，按命中长度降序稳定排序，返回 'lpm'。",
+                             "tree_cache.match_prefix_len(token_ids, max_len=len-1)，按命中长度降序稳定排序，返回 'lpm'。",
                              "Keep the order and return 'fcfs' for fcfs, a disabled radix cache or a queue longer "
-                             "than LPM_FALLBACK_QUEUE_LEN; else sort stably by the length of "
-                             "match_prefix(token_ids[:-1]), longest first, and return 'lpm'."),
+                             "than LPM_FALLBACK_QUEUE_LEN; else sort stably by "
+                             "tree_cache.match_prefix_len(token_ids, max_len=len-1), longest first, and return 'lpm'."),
            "add_one_req": ("先 inc_lock_ref(req.last_node) 再查预算：总 token（NO_TOKEN）、prefill token（OTHER，"
                            "第一个请求除外）、块大小（切成页对齐的一块，is_chunked，new_chunked_req）；不接纳就解锁。",
                            "Lock first, then check the total budget (NO_TOKEN), the input budget (OTHER, never for "

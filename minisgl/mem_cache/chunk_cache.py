@@ -54,6 +54,10 @@ class ChunkCache:
     def match_prefix(self, key: Sequence[int], namespace: Optional[str] = None) -> Tuple[torch.Tensor, None]:
         return torch.empty(0, dtype=torch.int64), None
 
+    def match_prefix_len(self, key: Sequence[int], namespace: Optional[str] = None,
+                         max_len: Optional[int] = None) -> int:
+        return 0
+
     def release_req(self, req) -> None:
         # 没有共享：请求的所有 KV 都归它自己，全部释放。Nothing is shared: all of it is freed.
         self.cache_finished_req(req)

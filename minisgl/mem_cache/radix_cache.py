@@ -187,6 +187,34 @@ class RadixCache:
         return value, node
         # <<< ASSIGNMENT
 
+    def match_prefix_len(self, key: Sequence[int], namespace: Optional[str] = None,
+                         max_len: Optional[int] = None) -> int:
+        """只量命中多长：lpm 排序用。How many leading tokens of key[:max_len] are cached (for the lpm sort).
+
+        Equals len(match_prefix(key[:max_len], namespace)[0]), but reads the tree only: no node is
+        split and no value concatenated, and the key is never copied whole. The lpm sort asks this of
+        every waiting request each round (1,024 prompts of 2k tokens on the benchmark), and there the
+        copies and the torch.cat of match_prefix were most of the cost. It touches last_access_time
+        like match_prefix, so a prefix that waiting requests want stays young in the LRU.
+        """
+        key = namespaced(key, namespace)
+        limit = len(key) if max_len is None else min(len(key), max_len)
+        limit = limit // self.page_size * self.page_size
+        node, pos = self.root_node, 0
+        node.last_access_time = next(_clock)
+        while pos < limit:
+            child = node.children.get(key[pos] if self.page_size == 1 else tuple(key[pos: pos + self.page_size]))
+            if child is None:
+                break
+            child.last_access_time = next(_clock)
+            end = min(pos + len(child.key), limit)
+            n = self._match_len(child.key, key[pos:end])  # 只切出与这个节点等长的一段 / one node's length
+            pos += n
+            if n < len(child.key):
+                break
+            node = child
+        return pos
+
     def _split_node(self, child: TreeNode, split_len: int) -> TreeNode:
         """把 child 拆成 new_node(前 split_len) → child(剩余)。Split child into a head node and itself."""
         new_node = TreeNode(parent=child.parent)
