@@ -159,7 +159,8 @@ def normalize_requests(
             if params.seed is not None and params.n > 1:
                 one.seed = params.seed + j  # n 个样本各不相同但可复现 / distinct yet reproducible
             out.append(TokenizedGenerateReqInput(base if params.n == 1 else f"{base}-{j}", text, ids, one, req.stream,
-                                                 want_lp[i], top_nums[i], lora_path=loras[i]))
+                                                 want_lp[i], top_nums[i], lora_path=loras[i],
+                                                 ids_checked=text is None))
             index.append(i)
     return is_batch or (len(out) > 1), out, index
 

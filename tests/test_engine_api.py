@@ -146,3 +146,30 @@ def test_step_api_for_notebooks(checkpoint):
     assert third.forward_mode == ForwardMode.DECODE and len(third.rids) == 2
     sched.run_until_idle()
     sched.check_pool_whole()
+
+
+def test_token_ids_are_checked_once(engine, monkeypatch):
+    """normalize_requests 检查过的 id 调度器不再查；直接交给调度器的照样查。Checked once, never zero times."""
+    from minisgl.io_struct import GenerateReqInput, TokenizedGenerateReqInput
+    from minisgl.scheduler import scheduler as sched_mod
+    from minisgl.tokenizer_manager import normalize_requests
+
+    sched = engine.scheduler
+    bad = [1, 2, 10**9]
+    req = sched.add_request(TokenizedGenerateReqInput("direct", None, bad, SamplingParams(max_new_tokens=2)))
+    assert req.finished_reason is not None and "vocabulary" in req.finished_reason.to_json()["message"]
+    sched.run_until_idle()
+    calls = []
+    real = sched_mod.check_token_ids
+    monkeypatch.setattr(sched_mod, "check_token_ids", lambda ids, v: calls.append(len(ids)) or real(ids, v))
+    _, reqs, _ = normalize_requests(engine.tokenizer, GenerateReqInput(input_ids=[[5, 6, 7]], sampling_params=GREEDY),
+                                    engine.model_config.vocab_size, engine.model_config.context_len)
+    text_reqs = normalize_requests(engine.tokenizer, GenerateReqInput(text="床前", sampling_params=GREEDY),
+                                   engine.model_config.vocab_size, engine.model_config.context_len)[1]
+    assert reqs[0].ids_checked and not text_reqs[0].ids_checked  # 分词器的 id 还要查 / tokenizer ids still checked
+    sched.add_request(reqs[0])
+    assert calls == []
+    sched.add_request(text_reqs[0])
+    assert calls == [len(text_reqs[0].input_ids)]
+    sched.run_until_idle()
+    sched.check_pool_whole()

@@ -216,7 +216,7 @@ class Scheduler:
         req = Req(recv.rid, recv.input_ids, params, self.eos_token_ids, recv.input_text, recv.stream,
                   lora_id=getattr(recv, "lora_path", None))
         req.return_logprob, req.top_logprobs_num = recv.return_logprob, recv.top_logprobs_num
-        error = self._validate(req)
+        error = self._validate(req, ids_checked=getattr(recv, "ids_checked", False))
         if error:
             req.finished_reason = FINISH_ABORT(error)
             self._pending_out.add(req, [])
@@ -289,13 +289,13 @@ class Scheduler:
             req.grammar = fut.result().copy()  # 缓存的是模板，每个请求一个新匹配器 / a fresh matcher each
             self.waiting_queue.append(req)
 
-    def _validate(self, req: Req) -> Optional[str]:
+    def _validate(self, req: Req, ids_checked: bool = False) -> Optional[str]:
         ids, vocab = req.origin_input_ids, self.model_config.vocab_size
         if len(ids) == 0:
             return "the prompt is empty (0 tokens)"
         if len(ids) >= self.context_len:
             return f"the prompt has {len(ids)} tokens; the context length is {self.context_len}"
-        error = check_token_ids(ids, vocab)
+        error = None if ids_checked else check_token_ids(ids, vocab)
         if error:
             return error
         capacity = self.token_to_kv_pool_allocator.size
