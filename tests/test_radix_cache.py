@@ -198,3 +198,25 @@ def test_freed_pages_wait_until_an_allocation_runs_short():
     a.free(y)
     assert sorted(a.free_pages.tolist()) == sorted(x[:6].tolist())
     assert len(a._released) == 0 and a.available_size() == 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(writes=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 40), st.integers(0, 20)), max_size=4,
+                       unique_by=lambda w: w[0]))
+def test_write_rows_equals_one_write_per_row(writes):
+    """write_rows（一次拷贝）与逐行 write 结果相同，主机表与“设备”表都一样。Same tables as row-by-row writes."""
+    def two_tables():
+        pool = ReqToTokenPool(5, 64)
+        pool.req_to_token_cpu = pool.req_to_token.clone()  # 假装有设备表：走两份表的路径 / take the two-table path
+        return pool
+
+    one, many = two_tables(), two_tables()
+    rows, starts, values = [], [], []
+    for k, (row, start, n) in enumerate(writes):
+        v = torch.arange(n, dtype=torch.int64) + 100 * (k + 1)
+        one.write(row, start, v)
+        rows.append(row), starts.append(start), values.append(v)
+    many.write_rows(rows, starts, values)
+    assert torch.equal(one.req_to_token, many.req_to_token)
+    assert torch.equal(one.req_to_token_cpu, many.req_to_token_cpu)
+    assert torch.equal(many.req_to_token, many.req_to_token_cpu)

@@ -560,11 +560,12 @@ class Scheduler:
         Give each request a req_to_token row and slots for its new tokens; build the ForwardBatch.
         """
         input_ids, positions, locs, prefix_lens, extend_lens = [], [], [], [], []
+        rows, starts, row_values = [], [], []  # 最后一次写进 req_to_token / written in one go at the end
         for req in reqs:
             pre, seq = len(req.prefix_indices), len(req.fill_ids)
-            if req.req_pool_idx is None:
+            new_row = req.req_pool_idx is None
+            if new_row:
                 req.req_pool_idx = self.req_to_token_pool.alloc(1)[0]
-                self.req_to_token_pool.write(req.req_pool_idx, 0, req.prefix_indices)
                 # 记下匹配到的前缀（主机上的槽位，不同步设备），decode 时按它分组。The matched prefix, for cascade.
                 req.shared_prefix = (int(req.prefix_indices[-1]), pre) if pre else None
             if req.cached_tokens is None:
@@ -575,7 +576,10 @@ class Scheduler:
             loc = self._alloc_slots(pre, seq, -1)
             if loc is None:
                 raise RuntimeError("KV pool exhausted during prefill although the budget admitted the batch")
-            self.req_to_token_pool.write(req.req_pool_idx, pre, loc)
+            # 新行：前缀槽位 + 新槽位一起写；接着算的分块请求只写新槽位。A new row gets prefix + new slots.
+            rows.append(req.req_pool_idx)
+            starts.append(0 if new_row else pre)
+            row_values.append(torch.cat([req.prefix_indices, loc]) if new_row and pre else loc)
             req.last_loc = int(loc[-1])  # decode 接着这个槽位写 / decode continues after this slot
             req.kv_len = seq  # 发射时就记下：这些 KV 已排进这一步 / counted at launch: queued in this step
             input_ids.extend(req.fill_ids[pre:])
@@ -583,6 +587,7 @@ class Scheduler:
             locs.append(loc)
             prefix_lens.append(pre)
             extend_lens.append(seq - pre)
+        self.req_to_token_pool.write_rows(rows, starts, row_values)
         return self._make_forward_batch(ForwardMode.EXTEND, reqs, input_ids, positions, torch.cat(locs),
                                         prefix_lens, extend_lens)
 
