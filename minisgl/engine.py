@@ -61,7 +61,7 @@ from minisgl.detokenizer import IncrementalDetokenizer
 from minisgl.io_struct import BatchTokenIDOut, GenerateReqInput
 from minisgl.server_args import ServerArgs
 from minisgl.tokenizer_manager import normalize_requests
-from minisgl.utils import freeze_gc
+from minisgl.utils import collect_deferred_gc, defer_full_gc, freeze_gc, restore_full_gc
 
 
 # 有引擎关闭或被丢弃后，下一次 generate() 重新冻结（那时死掉的引擎已经彻底不可达，gc.collect 能收走它）。
@@ -71,8 +71,12 @@ _GC_STATE = {"refreeze": False}
 
 
 def _engine_gone() -> None:
-    """解冻全部对象，让关掉的引擎的循环引用能被回收。Unfreeze, so a closed engine's cycles can be collected."""
+    """解冻全部对象，让关掉的引擎的循环引用能被回收。Unfreeze, so a closed engine's cycles can be collected.
+
+    Automatic full collections come back too (utils.defer_full_gc): without an engine nothing waits.
+    """
     gc.unfreeze()
+    restore_full_gc()
     _GC_STATE["refreeze"] = True
 
 
@@ -176,7 +180,9 @@ class Engine:
         # 启动完成：冻结已有对象，decode 步里的垃圾回收不再扫它们（utils.freeze_gc）；引擎关闭或被丢弃时解冻，
         # 以免它的循环引用永远留在内存里。Start-up is done: keep the GC off these objects (utils.freeze_gc),
         # and unfreeze when the engine is shut down or dropped, so its reference cycles can still be collected.
+        # 全量回收也挪到请求做完之后（utils.defer_full_gc）。Full collections wait until the requests are done.
         freeze_gc()
+        defer_full_gc()
         self._unfreeze_gc = weakref.finalize(self, _engine_gone)  # 调用一次后就失效 / runs at most once
 
     # ======== 生成 / Generation ========
@@ -206,6 +212,7 @@ class Engine:
         if _GC_STATE["refreeze"] and self.scheduler is not None:  # 见 _engine_gone / see _engine_gone
             _GC_STATE["refreeze"] = False
             freeze_gc()
+            defer_full_gc()
         obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params, stream=stream, rid=rid,
                                return_logprob=return_logprob, top_logprobs_num=top_logprobs_num, lora_path=lora_path)
         is_batch, reqs, _ = normalize_requests(self.tokenizer, obj, self.model_config.vocab_size,
@@ -232,6 +239,7 @@ class Engine:
         remaining = len(states)
         try:
             while remaining:
+                collect_deferred_gc(busy=True)  # 忙着时只在推迟太久后才做 / only when deferred too long
                 step = self.scheduler.step()
                 out = step.out
                 for i, rid in enumerate(out.rids):
@@ -248,6 +256,9 @@ class Engine:
             # 重叠调度：最后发射的那一批只剩已结束的请求（多算的一步），处理掉它，引擎回到空闲。
             # Overlap: the last launched batch holds only finished requests (the extra step); process it.
             self.scheduler.sync_inflight()
+            # 这一批做完了：推迟的全量回收到期就在这里做，不在某个 decode 步中间。
+            # The batch is done: a due full collection runs here, not in the middle of a decode step.
+            collect_deferred_gc(busy=False)
         finally:
             # 调用者中途放弃：中止剩下的请求并清理。The caller gave up: abort the rest and clean up.
             unfinished = [rid for rid, s in states.items() if not s.finished]

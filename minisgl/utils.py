@@ -17,6 +17,7 @@
 #   host_tensor(list)     ──► CPU 张量，比 torch.tensor(list) 快约 4 倍 / a CPU tensor, ~4x faster
 #   check_token_ids(ids)  ──► 整数且在词表内？（C 速度）/ ints inside the vocabulary? (at C speed)
 #   freeze_gc()           ──► 启动后冻结已有对象，垃圾回收不再扫它们 / keep the GC off start-up objects
+#   defer_full_gc() / collect_deferred_gc(busy)  ──► 全量回收挪到空闲时 / full collections wait for idle
 #
 # 【工作流程】Workflow
 #   直接调用。Call directly.
@@ -36,6 +37,7 @@ import gc
 import logging
 import os
 import socket
+import time
 
 
 def load_tokenizer(path: str):
@@ -140,6 +142,61 @@ def freeze_gc() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+# 忙的时候全量回收最多推迟这么久（一直不空闲的服务器也要回收循环垃圾）。同 SGLang 的思路（PR 28067、36366）。
+# The longest a full collection waits while busy (a server that is never idle still collects its cycles).
+FULL_GC_MAX_DEFER_S = 60.0
+_GC_DEFER = {"threshold2": None, "last_full": 0.0}
+
+
+def defer_full_gc() -> None:
+    """关掉自动的全量（第 2 代）回收，改由 collect_deferred_gc 在空闲时做。Full collections wait for idle.
+
+    【为什么】Why
+      冻结之后，垃圾回收仍会隔一阵扫一遍之后新建的所有老对象：1,024 个请求的 prompt 列表（每个 2k 个
+      元素，还有好几份拷贝）都在里面。H200 上的 bs-1024 共享前缀 decode 里，这样的全扫每约 33 步一次，
+      每次让 GPU 空等 45–67 ms；本机 2 核 CPU 上（bench/gc_pauses.py 之外的探针，800 token 的 prompt）
+      4 次共 114 ms。这些列表都活着，扫完什么也收不走；第 0、1 代回收照常（每次几毫秒以内）。
+      After freezing, the collector still scans every old object created since, now and then: the
+      prompt lists of 1,024 requests (2k elements each, in several copies) among them. In bs-1024
+      shared-prefix decode on an H200 such a full scan came every ~33 steps and left the GPU idle
+      for 45-67 ms each time; all those lists are alive, so the scan frees nothing. Generations 0
+      and 1 still run as usual (a few ms at most each).
+    【代价】The cost
+      循环垃圾晚一点回收：空闲时（collect_deferred_gc(busy=False)），最晚忙着时过 FULL_GC_MAX_DEFER_S 秒。
+      Cyclic garbage is collected later: at idle, or after FULL_GC_MAX_DEFER_S while busy.
+      restore_full_gc() puts the threshold back (Engine does when shut down or dropped).
+    """
+    if _GC_DEFER["threshold2"] is None:
+        t0, t1, t2 = gc.get_threshold()
+        _GC_DEFER["threshold2"] = t2
+        gc.set_threshold(t0, t1, 1 << 30)  # 第 1 代回收 2^30 次才触发一次全量 / practically never
+    _GC_DEFER["last_full"] = time.monotonic()
+
+
+def collect_deferred_gc(busy: bool) -> bool:
+    """推迟的全量回收到期了就做（空闲时；忙着时等满 FULL_GC_MAX_DEFER_S）。Run a due full collection.
+
+    Due = at least as many generation-1 collections since the last full one as the original
+    threshold asks for, i.e. CPython would have run it by now. Returns whether it collected.
+    """
+    t2 = _GC_DEFER["threshold2"]
+    if t2 is None or gc.get_count()[2] < t2:
+        return False
+    if busy and time.monotonic() - _GC_DEFER["last_full"] < FULL_GC_MAX_DEFER_S:
+        return False
+    gc.collect()
+    _GC_DEFER["last_full"] = time.monotonic()
+    return True
+
+
+def restore_full_gc() -> None:
+    """恢复自动全量回收。Automatic full collections back on (undoes defer_full_gc)."""
+    t2, _GC_DEFER["threshold2"] = _GC_DEFER["threshold2"], None
+    if t2 is not None:
+        t0, t1, _ = gc.get_threshold()
+        gc.set_threshold(t0, t1, t2)
 
 
 def get_free_port() -> int:

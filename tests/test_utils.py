@@ -72,11 +72,17 @@ def test_engine_freezes_the_gc_and_lets_go():
 
     from minisgl import Engine
 
+    from minisgl.utils import restore_full_gc
+
     gc.unfreeze()
+    restore_full_gc()  # 别的测试里活着的引擎可能已推迟 / an engine alive from another test may have deferred
+    threshold = gc.get_threshold()
     e = Engine(device="cpu", max_total_tokens=256)
     assert gc.get_freeze_count() > 1000
+    assert gc.get_threshold()[2] > 10**6  # 全量回收推迟到空闲 / full collections wait for idle
     e.shutdown()
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
     del e
     e = Engine(device="cpu", max_total_tokens=256)
     runner = weakref.ref(e.scheduler.model_runner)
@@ -94,3 +100,43 @@ def test_engine_freezes_the_gc_and_lets_go():
     e.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 2})
     assert gc.get_freeze_count() > 1000 and old() is None
     e.shutdown()
+
+
+def test_full_collections_wait_for_idle(monkeypatch):
+    """defer_full_gc：忙时不自动全量回收；到期后空闲时收，忙时等满 FULL_GC_MAX_DEFER_S；能恢复。
+
+    Full collections do not run by themselves while deferred; a due one runs at idle, or while busy
+    once FULL_GC_MAX_DEFER_S has passed; restore_full_gc puts the threshold back.
+    """
+    import gc
+
+    from minisgl import utils
+
+    utils.restore_full_gc()  # 从已知状态开始 / start from a known state
+    before = gc.get_threshold()
+    utils.defer_full_gc()
+    try:
+        assert gc.get_threshold()[2] > 10**6
+        gc.collect()
+        assert not utils.collect_deferred_gc(busy=False)  # 刚收过，不到期 / just collected: not due
+        full = []
+        cb = lambda phase, info: full.append(1) if phase == "stop" and info["generation"] == 2 else None  # noqa: E731
+        gc.callbacks.append(cb)
+        while gc.get_count()[2] < before[2]:  # 造循环垃圾，直到第 1 代回收够多 / cycles until enough gen-1 runs
+            x = []
+            x.append(x)
+        gc.callbacks.remove(cb)
+        assert full == []  # 自动的全量回收没有发生 / no automatic full collection
+        assert not utils.collect_deferred_gc(busy=True)  # 忙着，且没推迟太久 / busy and not deferred too long
+        monkeypatch.setattr(utils, "FULL_GC_MAX_DEFER_S", 0.0)
+        assert utils.collect_deferred_gc(busy=True)  # 推迟太久：忙着也收 / deferred too long: collect anyway
+        assert gc.get_count()[2] == 0
+        while gc.get_count()[2] < before[2]:
+            x = []
+            x.append(x)
+        monkeypatch.setattr(utils, "FULL_GC_MAX_DEFER_S", 60.0)
+        assert utils.collect_deferred_gc(busy=False)  # 空闲：到期就收 / idle: collect when due
+    finally:
+        utils.restore_full_gc()
+    assert gc.get_threshold() == before
+    assert not utils.collect_deferred_gc(busy=False)  # 没在推迟 / not deferring
