@@ -215,6 +215,71 @@ def test_link_checker_catches_bad_links():
     assert links("[a](x.md) `[b](y.md)`\n```\n[c](z.md)\n```\n") == ["x.md"]
 
 
+# 带名字的源码链接 [`Scheduler.step`](…/scheduler.py#L354-L360) 必须指向那个函数或类：
+# 代码一改行号就漂移，而上面的检查只看行号在不在文件里。
+# A source link named after a function or class must point at it: line numbers drift whenever the
+# code changes, and the check above only asks whether the lines exist.
+NAMED_SOURCE_LINK = re.compile(r"\[`([\w.]+)(?:\(\))?`\]\(" + re.escape(GITHUB_BLOB) + r"([\w/.]+\.py)#L(\d+)(?:-L(\d+))?\)")
+
+
+@lru_cache(maxsize=None)
+def _def_spans(rel: str) -> dict:
+    """文件里每个 def/class 的 (起始行, 结束行)，按短名与带类名的全名。Spans by bare and dotted name."""
+    import ast
+
+    tree = ast.parse((ROOT / rel).read_text(encoding="utf-8"))
+    spans: dict = {}
+
+    def walk(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                start = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                for key in {child.name, prefix + child.name}:
+                    spans.setdefault(key, []).append((start, child.end_lineno))
+                walk(child, prefix + child.name + ".")
+            else:
+                walk(child, prefix)
+
+    walk(tree, "")
+    return spans
+
+
+def check_named_source_link(name: str, rel: str, lo: int, hi: int) -> str | None:
+    """名字是文件里的 def/class 时，行号要落在它身上：从它开头（±3 行）起，或整段在它里面。
+
+    When the name is a def or class of the file, the lines must start at it (within 3 lines) or lie
+    inside it. Other names (constants, attributes) are not checked here.
+    """
+    if not (ROOT / rel).exists():
+        return None  # check_link 报告 / check_link reports it
+    spans = _def_spans(rel)
+    cands = spans.get(name) or spans.get(name.split(".")[-1])
+    if not cands:
+        return None
+    if any(abs(lo - a) <= 3 or (a <= lo and hi <= b) for a, b in cands):
+        return None
+    where = ", ".join(f"L{a}-L{b}" for a, b in cands)
+    return f"[`{name}`] → {rel}#L{lo}-L{hi}, but {name} is at {where}"
+
+
+@pytest.mark.parametrize("lang,page", ALL_PAGES, ids=[f"{lang}/{p}" for lang, p in ALL_PAGES])
+def test_named_source_links_point_at_their_code(lang, page):
+    text = FENCE.sub("", (DOCS / lang / page).read_text(encoding="utf-8"))  # 行内代码要留着：名字就在里面 / keep code spans
+    errors = [e for name, rel, lo, hi in NAMED_SOURCE_LINK.findall(text)
+              if (e := check_named_source_link(name, rel, int(lo), int(hi or lo)))]
+    assert not errors, "source links that drifted off their code:\n" + "\n".join(errors)
+
+
+def test_named_source_link_checker():
+    spans = _def_spans("minisgl/scheduler/scheduler.py")
+    (start, end), = spans["Scheduler.step"]
+    assert check_named_source_link("Scheduler.step", "minisgl/scheduler/scheduler.py", start, end) is None
+    assert check_named_source_link("step", "minisgl/scheduler/scheduler.py", start + 2, end - 1) is None  # 函数里一段 / a part
+    assert "Scheduler.step is at" in check_named_source_link("Scheduler.step", "minisgl/scheduler/scheduler.py",
+                                                              end + 10, end + 20)
+    assert check_named_source_link("LPM_FALLBACK_QUEUE_LEN", "minisgl/scheduler/schedule_policy.py", 1, 2) is None
+
+
 # ======== (c) 文件头的【对应章节】/ the chapter named in module headers ========
 HEADER_MODULES = sorted(p for p in (ROOT / "minisgl").rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
 
