@@ -219,7 +219,8 @@ def test_link_checker_catches_bad_links():
 # 代码一改行号就漂移，而上面的检查只看行号在不在文件里。
 # A source link named after a function or class must point at it: line numbers drift whenever the
 # code changes, and the check above only asks whether the lines exist.
-NAMED_SOURCE_LINK = re.compile(r"\[`([\w.]+)(?:\(\))?`\]\(" + re.escape(GITHUB_BLOB) + r"([\w/.]+\.py)#L(\d+)(?:-L(\d+))?\)")
+NAMED_SOURCE_LINK = re.compile(r"\[`([\w.]+)(?:\(\))?`\]\(" + re.escape(GITHUB_BLOB)
+                               + r"([\w/.]+\.py)#L(\d+)(?:-L(\d+))?\)")
 
 
 @lru_cache(maxsize=None)
@@ -274,7 +275,8 @@ def test_named_source_link_checker():
     spans = _def_spans("minisgl/scheduler/scheduler.py")
     (start, end), = spans["Scheduler.step"]
     assert check_named_source_link("Scheduler.step", "minisgl/scheduler/scheduler.py", start, end) is None
-    assert check_named_source_link("step", "minisgl/scheduler/scheduler.py", start + 2, end - 1) is None  # 函数里一段 / a part
+    # 函数里的一段也行 / a part of the function is fine
+    assert check_named_source_link("step", "minisgl/scheduler/scheduler.py", start + 2, end - 1) is None
     assert "Scheduler.step is at" in check_named_source_link("Scheduler.step", "minisgl/scheduler/scheduler.py",
                                                               end + 10, end + 20)
     assert check_named_source_link("LPM_FALLBACK_QUEUE_LEN", "minisgl/scheduler/schedule_policy.py", 1, 2) is None

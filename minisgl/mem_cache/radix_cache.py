@@ -321,10 +321,11 @@ class RadixCache:
         ns = getattr(req, "lora_id", None)  # 适配器的命名空间 / the adapter's namespace
         new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned], namespace=ns)
         allocator = self.token_to_kv_pool_allocator
-        # 空的就不调 free：一次 free 有好几个小张量操作，一大批请求同一步结束时（bs 1024）省一半。
-        # Skip empty frees: a free() is several small tensor ops, and 1,024 requests may end in one step.
-        for part in (kv_indices[len(req.prefix_indices) : new_prefix_len], kv_indices[aligned:]):  # 重复 / 尾巴
-            if len(part):  # 树里已有的重复；不足一页的尾巴 / duplicates the tree had; the partial last page
+        # 释放树里原本已有的重复部分与不足一页的尾巴；空的就不调 free：一次 free 有好几个小张量操作，
+        # 1,024 个请求可能在同一步结束。Free the duplicates the tree already had and the partial last page,
+        # skipping empty parts: a free() is several small tensor ops, and 1,024 requests may end in one step.
+        for part in (kv_indices[len(req.prefix_indices) : new_prefix_len], kv_indices[aligned:]):
+            if len(part):
                 allocator.free(part)
         self.req_to_token_pool.free(req.req_pool_idx)
         self.dec_lock_ref(req.last_node)
