@@ -280,7 +280,11 @@ def test_abort_a_queued_request(checkpoint, tmp_path):
                 a = asyncio.create_task(http.post(s.url + "/generate", json=long))
                 b = asyncio.create_task(http.post(s.url + "/generate", json={
                     "text": PROMPTS[1], "rid": "B", "sampling_params": LONG}))
-                for _ in range(400):  # 等 B 进入等待队列 / wait until B is queued
+                # 等 B 进入等待队列。按时间等，不按次数：2 核机器忙的时候，光是两个请求到达调度器就可能超过 4 s。
+                # Wait until B is queued, by a deadline rather than a count: on a busy 2-core machine the two
+                # requests alone can take over 4 s to reach the scheduler (seen once under load).
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
                     info = (await http.get(s.url + "/get_server_info")).json()
                     if info["num_queued_reqs"] == 1 and info["num_running_reqs"] == 1:
                         break
