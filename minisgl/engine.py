@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import gc
 import json
 import os
 import signal
@@ -61,7 +60,7 @@ from minisgl.detokenizer import IncrementalDetokenizer
 from minisgl.io_struct import BatchTokenIDOut, GenerateReqInput
 from minisgl.server_args import ServerArgs
 from minisgl.tokenizer_manager import normalize_requests
-from minisgl.utils import collect_deferred_gc, defer_full_gc, freeze_gc, restore_full_gc
+from minisgl.utils import collect_deferred_gc, freeze_gc, unfreeze_gc
 
 
 # 有引擎关闭或被丢弃后，下一次 generate() 重新冻结（那时死掉的引擎已经彻底不可达，gc.collect 能收走它）。
@@ -75,8 +74,7 @@ def _engine_gone() -> None:
 
     Automatic full collections come back too (utils.defer_full_gc): without an engine nothing waits.
     """
-    gc.unfreeze()
-    restore_full_gc()
+    unfreeze_gc()
     _GC_STATE["refreeze"] = True
 
 
@@ -182,7 +180,6 @@ class Engine:
         # and unfreeze when the engine is shut down or dropped, so its reference cycles can still be collected.
         # 全量回收也挪到请求做完之后（utils.defer_full_gc）。Full collections wait until the requests are done.
         freeze_gc()
-        defer_full_gc()
         self._unfreeze_gc = weakref.finalize(self, _engine_gone)  # 调用一次后就失效 / runs at most once
 
     # ======== 生成 / Generation ========
@@ -212,7 +209,6 @@ class Engine:
         if _GC_STATE["refreeze"] and self.scheduler is not None:  # 见 _engine_gone / see _engine_gone
             _GC_STATE["refreeze"] = False
             freeze_gc()
-            defer_full_gc()
         obj = GenerateReqInput(text=prompt, input_ids=input_ids, sampling_params=sampling_params, stream=stream, rid=rid,
                                return_logprob=return_logprob, top_logprobs_num=top_logprobs_num, lora_path=lora_path)
         is_batch, reqs, _ = normalize_requests(self.tokenizer, obj, self.model_config.vocab_size,

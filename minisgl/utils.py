@@ -16,8 +16,8 @@
 #   to_device(list, …)    ──► 设备张量，不隐式同步 GPU / a device tensor without a hidden GPU sync
 #   host_tensor(list)     ──► CPU 张量，比 torch.tensor(list) 快约 4 倍 / a CPU tensor, ~4x faster
 #   check_token_ids(ids)  ──► 整数且在词表内？（C 速度）/ ints inside the vocabulary? (at C speed)
-#   freeze_gc()           ──► 启动后冻结已有对象，垃圾回收不再扫它们 / keep the GC off start-up objects
-#   defer_full_gc() / collect_deferred_gc(busy)  ──► 全量回收挪到空闲时 / full collections wait for idle
+#   freeze_gc()           ──► 启动后冻结已有对象，全量回收挪到空闲时 / GC off start-up objects, full ones at idle
+#   collect_deferred_gc(busy) / unfreeze_gc()  ──► 空闲时回收；引擎关掉时还原 / collect at idle; undo it all
 #
 # 【工作流程】Workflow
 #   直接调用。Call directly.
@@ -136,12 +136,20 @@ def freeze_gc() -> int:
       refcount drops to 0 are freed at once.
     【代价】The cost
       冻结的对象若后来成了循环垃圾就不会被回收，所以引擎关闭或被丢弃时要 gc.unfreeze()（Engine 这样做）。
-      Frozen objects that later become cyclic garbage are never collected, so call gc.unfreeze() when
+      Frozen objects that later become cyclic garbage are never collected, so call unfreeze_gc() when
       the engine is shut down or dropped (Engine does).
+    Also defers full collections to idle (defer_full_gc): freezing does not cover what is created later.
     """
     gc.collect()
     gc.freeze()
+    defer_full_gc()
     return gc.get_freeze_count()
+
+
+def unfreeze_gc() -> None:
+    """freeze_gc 的逆：解冻，并恢复自动全量回收。Undo freeze_gc: unfreeze, automatic full collections back."""
+    gc.unfreeze()
+    restore_full_gc()
 
 
 # 忙的时候全量回收最多推迟这么久（一直不空闲的服务器也要回收循环垃圾）。同 SGLang 的思路（PR 28067、36366）。

@@ -113,21 +113,17 @@ class ReqToTokenPool:
         """
         from minisgl.utils import host_tensor, to_device
 
-        if self.req_to_token_cpu is self.req_to_token:  # CPU：一份表，直接写 / one table: write in place
-            for idx, start, v in zip(rows, starts, values):
-                self.req_to_token[idx, start: start + len(v)] = v
-            return
+        for idx, start, v in zip(rows, starts, values):  # 主机表（CPU 上它就是唯一的表）/ the host table
+            self.req_to_token_cpu[idx, start: start + len(v)] = v
         lens = [len(v) for v in values]
         total = sum(lens)
-        if total == 0:
+        if self.req_to_token_cpu is self.req_to_token or total == 0:
             return
-        for idx, start, v in zip(rows, starts, values):
-            self.req_to_token_cpu[idx, start: start + len(v)] = v
         lens_t = host_tensor(lens)
         # 第 k 个值的列 = k − (它那一段在拼接里的起点) + 那一段的 start。Column of flat element k.
         seg_begin = torch.cumsum(lens_t, 0) - lens_t
-        shift = torch.repeat_interleave(host_tensor(list(starts)) - seg_begin, lens_t)
-        host_cols = torch.stack([torch.repeat_interleave(host_tensor(list(rows)), lens_t),
+        shift = torch.repeat_interleave(host_tensor(starts) - seg_begin, lens_t)
+        host_cols = torch.stack([torch.repeat_interleave(host_tensor(rows), lens_t),
                                  torch.arange(total) + shift, torch.cat([v.to(torch.int64) for v in values])])
         cols = to_device(host_cols, torch.int64, self.req_to_token.device)  # [3, total]，一次拷贝 / one copy
         self.req_to_token[cols[0], cols[1]] = cols[2]

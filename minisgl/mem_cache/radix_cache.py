@@ -343,14 +343,14 @@ class RadixCache:
         aligned = len(token_ids) // self.page_size * self.page_size
         ns = getattr(req, "lora_id", None)
         new_prefix_len = self.insert(token_ids[:aligned], kv_indices[:aligned], namespace=ns)
-        if new_prefix_len > len(req.prefix_indices):  # 树里已有的重复 / duplicates the tree had
-            self.token_to_kv_pool_allocator.free(kv_indices[len(req.prefix_indices) : new_prefix_len])
+        pre = len(req.prefix_indices)
+        if new_prefix_len > pre:  # 树里已有的重复 / duplicates the tree had
+            self.token_to_kv_pool_allocator.free(kv_indices[pre:new_prefix_len])
         new_indices, new_last_node = self.match_prefix(token_ids[:aligned], namespace=ns)
         assert len(new_indices) == aligned, "a just-inserted key must match in full"
         # 只有树里原本已有的那段 [旧前缀, new_prefix_len) 换成树的槽位；之后的就是这个请求自己刚插进去的槽位，不用重写。
         # Only [old prefix, new_prefix_len), the part the tree already had, is repointed at the tree's
         # slots; after it the tree holds this request's own slots, just inserted: nothing to rewrite.
-        pre = len(req.prefix_indices)
         if new_prefix_len > pre:
             self.req_to_token_pool.write(req.req_pool_idx, pre, new_indices[pre:new_prefix_len])
         self.dec_lock_ref(req.last_node)

@@ -216,7 +216,7 @@ class Scheduler:
         req = Req(recv.rid, recv.input_ids, params, self.eos_token_ids, recv.input_text, recv.stream,
                   lora_id=getattr(recv, "lora_path", None))
         req.return_logprob, req.top_logprobs_num = recv.return_logprob, recv.top_logprobs_num
-        error = self._validate(req, ids_checked=getattr(recv, "ids_checked", False))
+        error = self._validate(req, ids_checked=recv.ids_checked)
         if error:
             req.finished_reason = FINISH_ABORT(error)
             self._pending_out.add(req, [])

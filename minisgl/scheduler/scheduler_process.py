@@ -63,7 +63,7 @@ from minisgl.io_struct import (
 )
 
 from minisgl.tokenizer_manager import HEALTH_CHECK_PREFIX
-from minisgl.utils import collect_deferred_gc, defer_full_gc, freeze_gc
+from minisgl.utils import collect_deferred_gc, freeze_gc
 
 logger = logging.getLogger(__name__)
 IDLE_SPIN_WAIT_MS = 5  # 有请求却一步也走不了时的小憩 / a short nap when work exists but nothing can run
@@ -137,18 +137,18 @@ class SchedulerLoop:
     def run_once(self) -> None:
         """一轮：（空闲时阻塞）收消息 → 跑一步 → 发送。One round: (block when idle) recv → step → send."""
         sched = self.scheduler
-        if not sched.has_work() and not len(self.rejected) and self.is_leader:
-            # 空闲：推迟的全量回收到期就先做（utils.defer_full_gc），再睡在 socket 上，不占 CPU（follower 睡在下一次广播上）。
-            # Idle: run a due full collection (utils.defer_full_gc), then sleep on the socket (a
-            # follower sleeps in the next broadcast instead).
-            collect_deferred_gc(busy=False)
+        idle = not sched.has_work()
+        if idle:
+            collect_deferred_gc(busy=False)  # 推迟的全量回收到期就在空闲时做 / a due full collection, at idle (every rank)
+        if idle and not len(self.rejected) and self.is_leader:
+            # 空闲：睡在 socket 上，不占 CPU（follower 睡在下一次广播上）。
+            # Idle: sleep on the socket (a follower sleeps in the next broadcast instead).
             self.poller.poll()
         self.recv_requests()
         if len(self.rejected):
             self._send(self.send_to_detokenizer, self.rejected)
             self.rejected = BatchTokenIDOut()
         if not sched.has_work():
-            collect_deferred_gc(busy=False)  # follower 的空闲 / a follower's idle
             return
         collect_deferred_gc(busy=True)  # 一直不空闲时也不会无限推迟 / never deferred forever
         step = sched.step()
@@ -192,8 +192,10 @@ def run_scheduler_process(server_args, ipc, ready_writer, tp_rank: int = 0, dp_r
 
         runner = ModelRunner(server_args)
         scheduler = Scheduler(server_args, model_runner=runner)
-        freeze_gc()  # 一个进程一个引擎，活到进程结束：垃圾回收不再扫启动时的对象 / one engine per process (utils.freeze_gc)
-        defer_full_gc()  # 全量回收等到空闲时（run_once）/ full collections wait for idle (run_once)
+        # 一个进程一个引擎，活到进程结束：垃圾回收不再扫启动时的对象，全量回收等到空闲时（run_once）。
+        # One engine per process, alive until it ends: the GC leaves start-up objects alone, full collections wait
+        # for idle (run_once; utils.freeze_gc).
+        freeze_gc()
         recv = to_detok = to_tok = None
         if tp_rank == 0:  # 只有 leader 和外界说话 / only the leader talks to the outside
             ctx = zmq.Context()
